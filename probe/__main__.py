@@ -1,0 +1,5 @@
+"""Entry point for `python -m probe`."""
+
+from probe.cli import main
+
+main()

@@ -1,0 +1,162 @@
+"""Command line: `dnssec-probe check` (ad-hoc sweep with a table or JSON); exit codes 0/1/2/3."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from probe import __version__
+from probe.engine import CheckResult, Engine, EngineConfig
+from probe.errors import ConfigError
+from probe.report import EXIT_UNKNOWN, exit_status, render_table, to_json
+from probe.resolvers import (
+    DEFAULT_RESOLVERS,
+    ResolverSpec,
+    load_resolvers,
+    merge_resolvers,
+    parse_resolver,
+)
+from probe.zones import ZoneSpec, load_zones, select_zones
+
+
+def default_zones_file() -> Path | None:
+    """./zones.txt, else the one beside the package in a source checkout."""
+    for p in (Path("zones.txt"), Path(__file__).resolve().parent.parent / "zones.txt"):
+        if p.is_file():
+            return p
+    return None
+
+
+def _zones(zones_file: str | None, names: Sequence[str]) -> list[ZoneSpec]:
+    path: Path | None = Path(zones_file) if zones_file else None
+    if path is None and (env := os.environ.get("DNSSEC_PROBE_ZONES")):
+        path = Path(env)
+    if path is None:
+        path = default_zones_file()
+    listed: list[ZoneSpec] = []
+    if path is not None and (zones_file or not names or path.exists()):
+        listed = load_zones(path)
+    if names:
+        return select_zones(listed, names)
+    if not listed:
+        raise ConfigError("no zones: give ZONE arguments or --zones FILE (no zones.txt found)")
+    return listed
+
+
+def _resolvers(specs: Sequence[str], files: Sequence[str], with_defaults: bool,
+               family: int | None) -> list[ResolverSpec]:
+    groups: list[list[ResolverSpec]] = []
+    if with_defaults or not (specs or files):
+        groups.append(list(DEFAULT_RESOLVERS))
+    for f in files:
+        groups.append(load_resolvers(f))
+    groups.append([parse_resolver(s, path="--resolver") for s in specs])
+    out = merge_resolvers(groups)
+    if family is not None:
+        out = [r for r in out if r.family == family]
+    if not out:
+        raise ConfigError("no resolvers left to ask")
+    return out
+
+
+def _run_loop() -> None:
+    try:
+        import uvloop  # optional: ~15% less CPU per query on the hot path
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dnssec-probe")
+def cli() -> None:
+    """External DNSSEC validation monitor: asks validating resolvers about reverse zones."""
+
+
+@cli.command()
+@click.argument("zones", nargs=-1)
+@click.option("--zones", "zones_file", metavar="FILE", help="Zone list (default ./zones.txt).")
+@click.option("--resolver", "resolver_specs", multiple=True, metavar="NAME=ADDRESS[:PORT]",
+              help="Resolver to ask (repeatable; IPv6 as [ADDR]:PORT). Replaces the built-in set.")
+@click.option("--resolvers", "resolver_files", multiple=True, metavar="FILE",
+              help="File of 'NAME ADDRESS[:PORT]' lines. Replaces the built-in set.")
+@click.option("--with-defaults", is_flag=True,
+              help="Keep the built-in public resolvers next to --resolver/--resolvers.")
+@click.option("-4", "ipv4", is_flag=True, help="Only IPv4 resolvers.")
+@click.option("-6", "ipv6", is_flag=True, help="Only IPv6 resolvers.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a results list.")
+@click.option("--raw", is_flag=True, help="With --json: include raw observations and evidence.")
+@click.option("--qps", type=float, default=20.0, show_default=True,
+              help="Queries per second per resolver (0 = unlimited).")
+@click.option("--timeout", type=float, default=2.0, show_default=True,
+              help="Seconds per attempt.")
+@click.option("--retries", type=int, default=2, show_default=True)
+@click.option("--inflight", type=int, default=256, show_default=True,
+              help="Queries in flight in total.")
+@click.option("--no-diagnose", is_flag=True, help="Skip the follow-up questions on failures.")
+@click.option("--full-parse", is_flag=True, help="Parse every reply, even plainly secure ones.")
+def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[str, ...],
+          resolver_files: tuple[str, ...], with_defaults: bool, ipv4: bool, ipv6: bool,
+          as_json: bool, raw: bool, qps: float, timeout: float, retries: int, inflight: int,
+          no_diagnose: bool, full_parse: bool) -> None:
+    """Check ZONES (default: every zone in zones.txt) against every resolver, once."""
+    if ipv4 and ipv6:
+        raise click.UsageError("-4 and -6 exclude each other")
+    family = 4 if ipv4 else 6 if ipv6 else None
+    zone_specs = _zones(zones_file, zones)
+    resolvers = _resolvers(resolver_specs, resolver_files, with_defaults, family)
+    config = EngineConfig(qps=qps, timeout=timeout, retries=retries, max_inflight=inflight,
+                          diagnose=not no_diagnose, full_parse=full_parse)
+    engine = Engine(config)
+    err = Console(stderr=True)
+    collected: list[CheckResult] = []
+    total = sum(len(z.probes) for z in zone_specs) * len(resolvers)
+    interrupted = False
+    _run_loop()
+    with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("sweep", total=total)
+
+        def progress(r: CheckResult) -> None:
+            collected.append(r)
+            bar.advance(task)
+
+        try:
+            results = asyncio.run(engine.sweep(zone_specs, resolvers, progress=progress))
+        except KeyboardInterrupt:
+            # Keep what was collected: print it, then exit as "unknown".
+            results, interrupted = collected, True
+    if as_json:
+        click.echo(to_json(results, raw=raw, interrupted=interrupted))
+    else:
+        render_table(results, Console())
+        if interrupted:
+            err.print(f"interrupted: {len(results)} of {total} checks done")
+    sys.exit(EXIT_UNKNOWN if interrupted else exit_status(results))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry; usage and config errors exit 3 (monitoring-plugin UNKNOWN)."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="dnssec-probe",
+                 standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_UNKNOWN)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_UNKNOWN)
+    except ConfigError as exc:
+        click.echo(f"dnssec-probe: error: {exc}", err=True)
+        sys.exit(EXIT_UNKNOWN)
+    sys.exit(0)

@@ -1,0 +1,139 @@
+"""Stable codes for verdicts, reasons and diagnoses, each with the RFC / EDE reference it rests on.
+
+These strings are an interface: they appear in --json output and become InfluxDB tags, so they
+never change meaning and never carry exception text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    """What one (resolver, qname, qtype) check concluded."""
+
+    SECURE = "secure"
+    INSECURE = "insecure"
+    BOGUS = "bogus"
+    SERVFAIL = "servfail"
+    TIMEOUT = "timeout"
+    REFUSED = "refused"
+    UNREACHABLE = "unreachable"
+    ERROR = "error"
+
+
+class Severity(StrEnum):
+    """Monitoring-plugin style severity of a verdict."""
+
+    OK = "ok"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    # Not a finding about the zone: the resolver cannot be reached from here (e.g. no IPv6).
+    NOT_APPLICABLE = "n/a"
+
+
+SEVERITY: dict[Verdict, Severity] = {
+    Verdict.SECURE: Severity.OK,
+    Verdict.INSECURE: Severity.WARNING,
+    Verdict.BOGUS: Severity.CRITICAL,
+    Verdict.SERVFAIL: Severity.CRITICAL,
+    Verdict.TIMEOUT: Severity.WARNING,
+    Verdict.REFUSED: Severity.WARNING,
+    Verdict.ERROR: Severity.WARNING,
+    Verdict.UNREACHABLE: Severity.NOT_APPLICABLE,
+}
+
+
+class DiagnosisKind(StrEnum):
+    """Why a validating resolver failed, as far as the follow-up questions can tell."""
+
+    STALE_DNSKEY_CACHE = "stale-dnskey-cache"
+    BOGUS_AT_SOURCE = "bogus-at-source"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """A stable reason code, a one-line meaning and the document that defines the behaviour."""
+
+    code: str
+    meaning: str
+    reference: str
+
+
+def _r(code: str, meaning: str, reference: str) -> Reason:
+    return Reason(code, meaning, reference)
+
+
+REASONS: dict[str, Reason] = {
+    r.code: r
+    for r in (
+        # verdict reasons
+        _r("ad-answer", "answer carries AD=1: validated", "RFC 4035 §3.2.3"),
+        _r("ad-denial", "NXDOMAIN/NODATA carries AD=1: validated denial", "RFC 4035 §3.2.3"),
+        _r("no-ad", "answer without AD: the resolver did not validate it", "RFC 4035 §3.2.3"),
+        _r("ede-dnssec", "SERVFAIL with a DNSSEC extended error", "RFC 8914 §4.2-4.13"),
+        _r("cd-data", "SERVFAIL, but the same query with CD=1 returns data", "RFC 4035 §3.2.2"),
+        _r("diagnosed", "SERVFAIL explained by the diagnosis (validation failure)", "RFC 4035 §5"),
+        _r("servfail-unexplained", "SERVFAIL with no sign of a validation failure", "RFC 1035 §4.1.1"),
+        _r("refused", "the resolver answered REFUSED", "RFC 1035 §4.1.1"),
+        _r("unexpected-rcode", "an rcode other than NOERROR/NXDOMAIN/SERVFAIL/REFUSED", "RFC 6895 §2.3"),
+        _r("timeout", "no acceptable reply before the deadline, after retries", "RFC 1035 §7.2"),
+        _r("resolver-dead", "not sent: the resolver answered none of the last queries", "RFC 1035 §7.2"),
+        _r("unreachable", "no route to the resolver from this host (e.g. no IPv6)", "RFC 1122 §3.2.2.1"),
+        _r("malformed-reply", "a matching reply that could not be parsed", "RFC 1035 §4.1"),
+        _r("tcp-failed", "TCP retry after truncation failed", "RFC 7766 §5"),
+        _r("transport-error", "the query could not be completed", "RFC 1035 §4.2"),
+        # diagnosis reasons
+        _r("dnskey-not-cached", "signatures use a key the resolver's cached DNSKEY set lacks",
+           "RFC 4035 §5.3.1; RFC 6781 §4.1.1.1"),
+        _r("ds-no-matching-key", "no DS in the parent matches a DNSKEY of the zone",
+           "RFC 4035 §5.2; EDE 9"),
+        _r("dnskey-rrsig-invalid", "the DNSKEY RRset is not signed by a key the DS points to",
+           "RFC 4035 §5.2; EDE 6"),
+        _r("rrsig-expired", "a signature's expiration is in the past", "RFC 4035 §5.3.1; EDE 7"),
+        _r("rrsig-not-yet-valid", "a signature's inception is in the future",
+           "RFC 4035 §5.3.1; EDE 8"),
+        _r("rrsig-missing", "the signed zone returned the data without RRSIG",
+           "RFC 4035 §3.1.1; EDE 10"),
+        _r("rrsig-unknown-key", "a signature's key tag is not in the zone's DNSKEY set",
+           "RFC 4035 §5.3.1; EDE 9"),
+        _r("signature-invalid", "a signature does not verify with the key it names",
+           "RFC 4035 §5.3.3; EDE 6"),
+        _r("no-authoritative-data", "the authoritative servers could not be asked", "RFC 1034 §4.3.2"),
+        _r("cache-matches-source", "the resolver caches the same keys that sign the data",
+           "RFC 4035 §5"),
+    )
+}
+
+# Extended DNS Error codes that mean "DNSSEC validation failed" (RFC 8914 §4).
+EDE_DNSSEC_FAILURE: frozenset[int] = frozenset({1, 2, 5, 6, 7, 8, 9, 10, 11, 12})
+
+EDE_NAMES: dict[int, str] = {
+    0: "Other Error",
+    1: "Unsupported DNSKEY Algorithm",
+    2: "Unsupported DS Digest Type",
+    3: "Stale Answer",
+    4: "Forged Answer",
+    5: "DNSSEC Indeterminate",
+    6: "DNSSEC Bogus",
+    7: "Signature Expired",
+    8: "Signature Not Yet Valid",
+    9: "DNSKEY Missing",
+    10: "RRSIGs Missing",
+    11: "No Zone Key Bit Set",
+    12: "NSEC Missing",
+    13: "Cached Error",
+    14: "Not Ready",
+    15: "Blocked",
+    16: "Censored",
+    17: "Filtered",
+    18: "Prohibited",
+    19: "Stale NXDOMAIN Answer",
+    20: "Not Authoritative",
+    21: "Not Supported",
+    22: "No Reachable Authority",
+    23: "Network Error",
+    24: "Invalid Data",
+}

@@ -1,0 +1,48 @@
+"""The project's own small exception tree; library exceptions are translated into it once, at the edges."""
+
+from __future__ import annotations
+
+
+class ProbeError(Exception):
+    """Base of every error dnssec-probe raises on purpose."""
+
+
+class ConfigError(ProbeError):
+    """Bad input (zones file, resolver list, option); carries file:line when there is one."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        self.message = message
+        self.path = path
+        self.line = line
+        where = f"{path}:{line}: " if path and line else (f"{path}: " if path else "")
+        super().__init__(f"{where}{message}")
+
+
+class TransportError(ProbeError):
+    """A query could not be completed. `code` is a stable reason code (see probe.codes)."""
+
+    code = "transport-error"
+
+
+class QueryTimeout(TransportError):
+    """No acceptable reply arrived before the deadline."""
+
+    code = "timeout"
+
+
+class Unreachable(TransportError):
+    """The server cannot be reached from this host (no route, no IPv6, ICMP port unreachable)."""
+
+    code = "unreachable"
+
+
+class ConnectionFailed(TransportError):
+    """A TCP connection (fallback after truncation) failed or was cut."""
+
+    code = "tcp-failed"
+
+
+class MalformedReply(TransportError):
+    """A reply matched our query but could not be parsed."""
+
+    code = "malformed-reply"

@@ -1,0 +1,123 @@
+"""Follow-up questions for a failed check: what the resolver caches, what the source serves.
+
+Only I/O lives here; probe.diagnose decides. Authoritative evidence and server discovery are
+shared by every resolver within one sweep, so a broken zone costs its servers a few queries,
+not a few per resolver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from probe.diagnose import AuthEvidence, Evidence
+from probe.observation import Observation, Outcome
+from probe.query import Querier, Throttle
+from probe.resolvers import ResolverSpec
+from probe.wire import QueryTemplate, make_template
+from probe.zones import ProbeName, ZoneSpec
+
+
+class Investigator:
+    """Collects Evidence for failed checks within one sweep."""
+
+    def __init__(self, querier: Querier, resolvers: Sequence[ResolverSpec], *,
+                 max_auth_servers: int = 3) -> None:
+        self.q = querier
+        self.resolvers = list(resolvers)
+        self.max_auth_servers = max_auth_servers
+        self._templates: dict[tuple[str, str, bool, bool], QueryTemplate] = {}
+        self._servers: dict[str, asyncio.Task[tuple[tuple[tuple[str, int], ...], str]]] = {}
+        self._auth: dict[tuple[str, str, str], asyncio.Task[tuple[AuthEvidence, ...]]] = {}
+
+    def _tmpl(self, qname: str, qtype: str, *, rd: bool = True, cd: bool = True) -> QueryTemplate:
+        key = (qname, qtype, rd, cd)
+        t = self._templates.get(key)
+        if t is None:
+            t = self._templates[key] = make_template(qname, qtype, rd=rd, cd=cd)
+        return t
+
+    async def _ask(self, r: ResolverSpec, qname: str, qtype: str,
+                   throttle: Throttle | None) -> Observation:
+        return await self.q.ask(r.name, r.host, r.port, self._tmpl(qname, qtype),
+                                throttle=throttle, triage=False)
+
+    async def collect(self, resolver: ResolverSpec, zone: ZoneSpec, probe: ProbeName,
+                      throttle: Throttle | None = None) -> Evidence:
+        cd_answer, cached_dnskey, cached_ds = await asyncio.gather(
+            self._ask(resolver, probe.qname, probe.qtype, throttle),
+            self._ask(resolver, zone.name, "DNSKEY", throttle),
+            self._ask(resolver, zone.name, "DS", throttle),
+        )
+        servers, source = await self._servers_for(zone, resolver)
+        notes: list[str] = []
+        auth: tuple[AuthEvidence, ...] = ()
+        if servers:
+            auth = await self._auth_for(zone, probe, servers)
+            if not any(a.dnskey and a.dnskey.outcome is Outcome.REPLY for a in auth):
+                notes.append("no authoritative server answered")
+        else:
+            notes.append(f"no authoritative servers found for {zone.name}")
+        return Evidence(zone.name, probe.qname, probe.qtype, cd_answer, cached_dnskey,
+                        cached_ds, auth, source if servers else "none", tuple(notes))
+
+    # -- authoritative servers -------------------------------------------------------------
+
+    def _servers_for(self, zone: ZoneSpec, resolver: ResolverSpec
+                     ) -> asyncio.Task[tuple[tuple[tuple[str, int], ...], str]]:
+        task = self._servers.get(zone.name)
+        if task is None:
+            task = asyncio.ensure_future(self._discover(zone, resolver))
+            self._servers[zone.name] = task
+        return task
+
+    async def _discover(self, zone: ZoneSpec, first: ResolverSpec
+                        ) -> tuple[tuple[tuple[str, int], ...], str]:
+        if zone.ns:
+            return zone.ns, "zones-file"
+        # The failing resolver first; others in case it refuses even CD=1 answers (PowerDNS).
+        order = [first, *[r for r in self.resolvers if r != first][:2]]
+        for r in order:
+            ns_obs = await self._ask(r, zone.name, "NS", None)
+            names = sorted({rd for rr in ns_obs.rrsets("NS", zone.name) for rd in rr.rdatas})
+            if not names:
+                continue
+            lookups = await asyncio.gather(*(
+                self._ask(r, name, rtype, None) for name in names for rtype in ("A", "AAAA")
+            ))
+            addrs: list[tuple[str, int]] = []
+            for obs in lookups:
+                for rr in obs.rrsets(obs.qtype, obs.qname):
+                    addrs.extend((a, 53) for a in rr.rdatas)
+            if addrs:
+                # IPv4 first: more hosts have it; unreachable IPv6 servers are simply skipped.
+                addrs.sort(key=lambda a: ":" in a[0])
+                return tuple(dict.fromkeys(addrs)), "discovered"
+        return (), "none"
+
+    def _auth_for(self, zone: ZoneSpec, probe: ProbeName, servers: tuple[tuple[str, int], ...]
+                  ) -> asyncio.Task[tuple[AuthEvidence, ...]]:
+        key = (zone.name, probe.qname, probe.qtype)
+        task = self._auth.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._ask_sources(zone, probe, servers))
+            self._auth[key] = task
+        return task
+
+    async def _ask_sources(self, zone: ZoneSpec, probe: ProbeName,
+                           servers: tuple[tuple[str, int], ...]) -> tuple[AuthEvidence, ...]:
+        dnskey_t = self._tmpl(zone.name, "DNSKEY", rd=False, cd=False)
+        answer_t = self._tmpl(probe.qname, probe.qtype, rd=False, cd=False)
+        out: list[AuthEvidence] = []
+        for host, port in servers:
+            if len(out) >= self.max_auth_servers:
+                break
+            name = f"auth:{host}"
+            dnskey, answer = await asyncio.gather(
+                self.q.ask(name, host, port, dnskey_t, triage=False),
+                self.q.ask(name, host, port, answer_t, triage=False),
+            )
+            if dnskey.outcome is Outcome.UNREACHABLE:
+                continue
+            out.append(AuthEvidence(host if port == 53 else f"{host}:{port}", dnskey, answer))
+        return tuple(out)

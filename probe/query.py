@@ -1,0 +1,98 @@
+"""One question to one server, with retries, turned into an Observation (the I/O front-end)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from probe.errors import QueryTimeout, TransportError, Unreachable
+from probe.observation import Observation, Outcome
+from probe.transport import RawReply, Transport
+from probe.wire import MalformedWire, QueryTemplate, parse_reply, plainly_secure
+
+
+class Throttle(Protocol):
+    async def acquire(self) -> None: ...
+
+
+class Querier:
+    """Asks with retries; reads only the fixed header of plainly secure replies unless told not to."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        retries: int,
+        clock: Callable[[], float],
+        inflight: asyncio.Semaphore | None = None,
+        full_parse: bool = False,
+    ) -> None:
+        self.transport = transport
+        self.retries = retries
+        self.clock = clock
+        self.inflight = inflight
+        self.full_parse = full_parse
+
+    async def ask(
+        self,
+        server_name: str,
+        host: str,
+        port: int,
+        tmpl: QueryTemplate,
+        *,
+        throttle: Throttle | None = None,
+        triage: bool = True,
+    ) -> Observation:
+        started = self.clock()
+        attempts = 0
+        detail = ""
+        outcome = Outcome.TIMEOUT
+        for _ in range(self.retries + 1):
+            if throttle is not None:
+                await throttle.acquire()
+            attempts += 1
+            try:
+                if self.inflight is not None:
+                    async with self.inflight:
+                        raw = await self.transport.exchange(host, port, tmpl)
+                else:
+                    raw = await self.transport.exchange(host, port, tmpl)
+            except QueryTimeout as exc:
+                detail = str(exc)
+                continue  # retry
+            except Unreachable as exc:
+                outcome, detail = Outcome.UNREACHABLE, str(exc)
+                break
+            except TransportError as exc:
+                outcome, detail = Outcome.TCP_FAILED, str(exc)
+                break
+            return self._observe(server_name, host, port, tmpl, started, attempts, raw,
+                                 triage and not self.full_parse)
+        return Observation(server_name, host, port, tmpl.qname, tmpl.qtype, tmpl.rd, tmpl.cd,
+                           started, outcome, attempts=attempts, detail=detail)
+
+    @staticmethod
+    def _observe(server_name: str, host: str, port: int, tmpl: QueryTemplate, started: float,
+                 attempts: int, raw: RawReply, triage: bool) -> Observation:
+        data = raw.data
+        rtt_ms = raw.rtt * 1000.0
+        if triage and plainly_secure(data):
+            return Observation(
+                server_name, host, port, tmpl.qname, tmpl.qtype, tmpl.rd, tmpl.cd, started,
+                Outcome.REPLY, raw.transport, attempts, rtt_ms, 0, (data[2] << 8) | data[3],
+                parsed=False,
+            )
+        try:
+            p = parse_reply(data)
+        except MalformedWire as exc:
+            return Observation(
+                server_name, host, port, tmpl.qname, tmpl.qtype, tmpl.rd, tmpl.cd, started,
+                Outcome.MALFORMED, raw.transport, attempts, rtt_ms,
+                detail=exc.__class__.__name__,
+            )
+        return Observation(
+            server_name, host, port, tmpl.qname, tmpl.qtype, tmpl.rd, tmpl.cd, started,
+            Outcome.REPLY, raw.transport, attempts, rtt_ms, p.rcode, p.flags, p.ede,
+            p.answer, p.authority,
+        )

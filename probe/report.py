@@ -1,0 +1,134 @@
+"""Presenting results: the terminal table, the JSON document, the summary and the exit status."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from probe.codes import DiagnosisKind, Severity, Verdict
+from probe.engine import CheckResult
+from probe.observation import Outcome
+
+EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3
+
+_RANK = {Severity.CRITICAL: 3, Severity.WARNING: 2, Severity.OK: 1, Severity.NOT_APPLICABLE: 0}
+_STYLE = {
+    Verdict.SECURE: "green",
+    Verdict.INSECURE: "yellow",
+    Verdict.BOGUS: "bold red",
+    Verdict.SERVFAIL: "red",
+    Verdict.TIMEOUT: "yellow",
+    Verdict.REFUSED: "yellow",
+    Verdict.ERROR: "magenta",
+    Verdict.UNREACHABLE: "dim",
+}
+
+
+def exit_status(results: Sequence[CheckResult]) -> int:
+    """Monitoring-plugin convention: 0 OK, 1 warning, 2 critical, 3 nothing could be checked."""
+    sev = {r.severity for r in results}
+    if Severity.CRITICAL in sev:
+        return EXIT_CRITICAL
+    if Severity.WARNING in sev:
+        return EXIT_WARNING
+    if Severity.OK in sev:
+        return EXIT_OK
+    return EXIT_UNKNOWN
+
+
+def worst_per_row(results: Sequence[CheckResult]) -> list[CheckResult]:
+    """One result per (zone, resolver): the worst of its probe names, in input order."""
+    rows: dict[tuple[str, str], CheckResult] = {}
+    for r in results:
+        key = (r.zone.name, r.resolver.name)
+        cur = rows.get(key)
+        if cur is None or _RANK[r.severity] > _RANK[cur.severity]:
+            rows[key] = r
+    return list(rows.values())
+
+
+def explain(r: CheckResult) -> str:
+    """The diagnosis (or the failure) in words, for the table."""
+    d = r.diagnosis
+    o = r.observation
+    if d is not None:
+        if d.kind is DiagnosisKind.STALE_DNSKEY_CACHE:
+            text = (f"stale DNSKEY cache: signed by key {_tags(d.rrsig_keytags)}, resolver "
+                    f"caches {_tags(d.cached_dnskey_keytags)}")
+            if d.recovers_in_s is not None:
+                text += f"; recovers in about {d.recovers_in_s} s"
+            return text
+        if d.kind is DiagnosisKind.BOGUS_AT_SOURCE:
+            return f"bogus at source: {d.detail.removeprefix('authoritative data cannot validate ')}"
+        return f"unknown cause: {d.detail}"
+    if o.outcome is not Outcome.REPLY:
+        return o.detail
+    if r.classification.verdict is Verdict.INSECURE:
+        return "no AD bit: answer not validated"
+    return ""
+
+
+def _tags(tags: Sequence[int]) -> str:
+    return ", ".join(str(t) for t in tags) or "none"
+
+
+def summary(results: Sequence[CheckResult]) -> str:
+    counts = Counter(r.classification.verdict for r in results)
+    zones = {r.zone.name for r in results}
+    resolvers = {r.resolver.name for r in results}
+    parts = [f"{counts[v]} {v.value}" for v in Verdict if counts[v]]
+    line = f"{len(results)} checks ({len(zones)} zones x {len(resolvers)} resolvers): " + ", ".join(parts)
+    unreachable = {r.resolver.name for r in results
+                   if r.classification.verdict is Verdict.UNREACHABLE}
+    if unreachable:
+        v6 = {r.resolver.name for r in results if r.classification.verdict is Verdict.UNREACHABLE
+              and r.resolver.family == 6}
+        line += (f"\nunreachable from this host (not a zone failure): {', '.join(sorted(unreachable))}"
+                 + (" — this host seems to have no IPv6 route" if v6 == unreachable else ""))
+    kinds = Counter(r.diagnosis.kind.value for r in results if r.diagnosis)
+    if kinds:
+        line += "\ndiagnoses: " + ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+    return line
+
+
+def render_table(results: Sequence[CheckResult], console: Console) -> None:
+    table = Table(show_header=True, header_style="bold", expand=False)
+    for col in ("zone", "resolver", "address", "verdict", "rcode", "AD", "EDE", "rtt ms",
+                "diagnosis"):
+        table.add_column(col, overflow="fold")
+    for r in worst_per_row(results):
+        o = r.observation
+        verdict = r.classification.verdict
+        rcode = r.to_json()["rcode"] or "-"
+        ede = ",".join(str(e.code) for e in o.ede) or "-"
+        table.add_row(
+            r.zone.name.rstrip("."),
+            r.resolver.name,
+            r.resolver.address,
+            Text(verdict.value, style=_STYLE[verdict]),
+            rcode,
+            ("1" if o.ad else "0") if o.outcome is Outcome.REPLY else "-",
+            ede,
+            f"{o.rtt_ms:.1f}" if o.rtt_ms is not None else "-",
+            explain(r),
+        )
+    console.print(table)
+    console.print(summary(results))
+
+
+def to_json(results: Sequence[CheckResult], *, raw: bool = False,
+            interrupted: bool = False) -> str:
+    doc: dict[str, Any] = {
+        "results": [r.to_json(raw=raw) for r in results],
+        "summary": dict(Counter(r.classification.verdict.value for r in results)),
+        "exit_status": exit_status(results),
+    }
+    if interrupted:
+        doc["interrupted"] = True
+    return json.dumps(doc, indent=2)
