@@ -119,7 +119,8 @@ def _rdatas(rrset: RRsetObs, rdtype: str, origin: dns.name.Name) -> list[dns.rda
     out = []
     for text in rrset.rdatas:
         try:
-            out.append(dns.rdata.from_text(dns.rdataclass.IN, rdtype, text, origin=origin))
+            out.append(dns.rdata.from_text(dns.rdataclass.IN, rdtype, text, origin=origin,
+                                             relativize=False))
         except dns.exception.DNSException:
             continue
     return out
@@ -129,7 +130,8 @@ def _sigs(rrset: RRsetObs) -> list[RRSIG]:
     out: list[RRSIG] = []
     for text in rrset.rrsigs:
         try:
-            rd = dns.rdata.from_text(dns.rdataclass.IN, "RRSIG", text, origin=dns.name.root)
+            rd = dns.rdata.from_text(dns.rdataclass.IN, "RRSIG", text, origin=dns.name.root,
+                                     relativize=False)
         except dns.exception.DNSException:
             continue
         if isinstance(rd, RRSIG):
