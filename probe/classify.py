@@ -29,6 +29,9 @@ class Classification:
         return self.verdict in (Verdict.BOGUS, Verdict.SERVFAIL)
 
 
+_TRIAGED_SECURE = Classification(Verdict.SECURE, "ad-answer")
+
+
 def classify(
     obs: Observation,
     *,
@@ -36,6 +39,8 @@ def classify(
     diagnosis: Diagnosis | None = None,
 ) -> Classification:
     """Decide the verdict of one check. Never awaits, never looks at the clock."""
+    if not obs.parsed and obs.outcome is Outcome.REPLY:
+        return _TRIAGED_SECURE  # only plainly secure replies skip the parse
     if obs.outcome is not Outcome.REPLY:
         verdict, reason = _OUTCOME_VERDICT[obs.outcome]
         return Classification(verdict, reason)

@@ -21,7 +21,7 @@ from probe.diagnose import Diagnosis, Evidence, diagnose
 from probe.errors import ConfigError, Unreachable
 from probe.investigate import Investigator
 from probe.observation import Observation, Outcome
-from probe.query import Querier, Throttle
+from probe.query import InflightLimit, Querier, Throttle
 from probe.resolvers import ResolverSpec
 from probe.transport import Transport
 from probe.wire import QueryTemplate, make_template
@@ -127,6 +127,16 @@ class Engine:
     def __init__(self, config: EngineConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
+        # Query wire is built once per (qname, qtype) for the engine's life: building costs
+        # far more than sending, and a daemon asks the same names every round.
+        self._templates: dict[tuple[str, str], QueryTemplate] = {}
+
+    def _template(self, p: ProbeName) -> QueryTemplate:
+        key = (p.qname, p.qtype)
+        t = self._templates.get(key)
+        if t is None:
+            t = self._templates[key] = make_template(p.qname, p.qtype)
+        return t
 
     async def sweep(
         self,
@@ -138,10 +148,10 @@ class Engine:
         cfg = self.config
         transport = Transport(timeout=cfg.timeout)
         querier = Querier(transport, retries=cfg.retries, clock=self.clock,
-                          inflight=asyncio.Semaphore(cfg.max_inflight), full_parse=cfg.full_parse)
+                          inflight=InflightLimit(cfg.max_inflight), full_parse=cfg.full_parse)
         investigator = Investigator(querier, resolvers, max_auth_servers=cfg.max_auth_servers)
         checks = [(z, p) for z in zones for p in z.probes]
-        templates = {(p.qname, p.qtype): make_template(p.qname, p.qtype) for _, p in checks}
+        templates = {(p.qname, p.qtype): self._template(p) for _, p in checks}
         try:
             lanes = await asyncio.gather(*(
                 self._lane(r, checks, templates, querier, investigator, progress)

@@ -62,7 +62,8 @@ class Observation:
     qtype: str
     rd: bool
     cd: bool
-    started: float  # wall-clock seconds (epoch) when the first attempt was sent
+    # wall-clock seconds (epoch) when the answered attempt was sent (else the first attempt)
+    started: float
     outcome: Outcome
     transport: str = "udp"
     attempts: int = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -16,6 +17,42 @@ class Throttle(Protocol):
     async def acquire(self) -> None: ...
 
 
+class InflightLimit:
+    """A counting semaphore whose uncontended path is one synchronous call (hot path)."""
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_acquire(self) -> bool:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # we were handed a slot we will not use
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # hand the slot over directly
+                return
+        self._free += 1
+
+
 class Querier:
     """Asks with retries; reads only the fixed header of plainly secure replies unless told not to."""
 
@@ -25,7 +62,7 @@ class Querier:
         *,
         retries: int,
         clock: Callable[[], float],
-        inflight: asyncio.Semaphore | None = None,
+        inflight: InflightLimit | None = None,
         full_parse: bool = False,
     ) -> None:
         self.transport = transport
@@ -44,7 +81,7 @@ class Querier:
         throttle: Throttle | None = None,
         triage: bool = True,
     ) -> Observation:
-        started = self.clock()
+        started = first = self.clock()
         attempts = 0
         detail = ""
         outcome = Outcome.TIMEOUT
@@ -52,12 +89,14 @@ class Querier:
             if throttle is not None:
                 await throttle.acquire()
             attempts += 1
+            if attempts > 1:
+                # TTLs in a reply count down from the attempt that was answered.
+                started = self.clock()
+            limit = self.inflight
+            if limit is not None and not limit.try_acquire():
+                await limit.acquire()
             try:
-                if self.inflight is not None:
-                    async with self.inflight:
-                        raw = await self.transport.exchange(host, port, tmpl)
-                else:
-                    raw = await self.transport.exchange(host, port, tmpl)
+                raw = await self.transport.exchange(host, port, tmpl)
             except QueryTimeout as exc:
                 detail = str(exc)
                 continue  # retry
@@ -67,10 +106,13 @@ class Querier:
             except TransportError as exc:
                 outcome, detail = Outcome.TCP_FAILED, str(exc)
                 break
+            finally:
+                if limit is not None:
+                    limit.release()
             return self._observe(server_name, host, port, tmpl, started, attempts, raw,
                                  triage and not self.full_parse)
         return Observation(server_name, host, port, tmpl.qname, tmpl.qtype, tmpl.rd, tmpl.cd,
-                           started, outcome, attempts=attempts, detail=detail)
+                           first, outcome, attempts=attempts, detail=detail)
 
     @staticmethod
     def _observe(server_name: str, host: str, port: int, tmpl: QueryTemplate, started: float,

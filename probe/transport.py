@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import random
+import os
 import socket
 from dataclasses import dataclass
 
@@ -37,6 +37,23 @@ class RawReply:
     data: bytes
     rtt: float  # seconds
     transport: str  # "udp" | "tcp"
+
+
+class _IdSource:
+    """Unpredictable 16-bit query IDs (RFC 5452 §9.2), drawn from the OS in batches."""
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def next(self) -> int:
+        pos = self._pos
+        if pos >= len(self._buf):
+            self._buf, pos = os.urandom(4096), 0
+        self._pos = pos + 2
+        return (self._buf[pos] << 8) | self._buf[pos + 1]
 
 
 class _Pending:
@@ -74,6 +91,7 @@ class UdpChannel:
             raise _translate(exc, "connect") from None
         self._sock = sock
         self._pending: dict[int, _Pending] = {}
+        self._ids = _IdSource()
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.stray = 0  # replies for no pending ID (late or spoofed)
@@ -83,7 +101,7 @@ class UdpChannel:
     def _new_id(self) -> int:
         pending = self._pending
         while True:
-            qid = random.getrandbits(16)
+            qid = self._ids.next()
             if qid not in pending:
                 return qid
 
@@ -180,7 +198,7 @@ class UdpChannel:
 async def tcp_exchange(host: str, port: int, tmpl: QueryTemplate, *, timeout: float) -> RawReply:
     """One query over a fresh TCP connection (RFC 7766), used after a truncated UDP reply."""
     loop = asyncio.get_running_loop()
-    qid = random.getrandbits(16)
+    qid = int.from_bytes(os.urandom(2), "big")
     wire = tmpl.with_id(qid)
     start = loop.time()
     writer: asyncio.StreamWriter | None = None
@@ -204,7 +222,9 @@ async def tcp_exchange(host: str, port: int, tmpl: QueryTemplate, *, timeout: fl
     except asyncio.IncompleteReadError:
         raise ConnectionFailed("TCP connection closed mid-reply") from None
     except OSError as exc:
-        raise _translate(exc, "tcp") from None
+        # The server just answered over UDP, so a refused TCP connection is a TCP failure
+        # (RFC 7766 requires TCP), not "unreachable".
+        raise ConnectionFailed(f"tcp: {errno.errorcode.get(exc.errno or 0, 'error')}") from None
     finally:
         if writer is not None:
             writer.close()

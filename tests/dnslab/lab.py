@@ -1,0 +1,442 @@
+"""The Lab: a signed loopback DNS hierarchy plus four validating resolvers."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import pathlib
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+
+import dns.dnssec
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdatatype
+
+from . import servers, zones
+from .servers import Daemon, ServerError
+from .zones import CHILDREN, ChildSpec, Key, SigningError, ZoneKeys
+
+RESOLVER_ADDRS = {
+    "unbound": "127.53.1.1",
+    "bind": "127.53.1.2",
+    "kresd": "127.53.1.3",
+    "pdns": "127.53.1.4",
+}
+ALL_RESOLVERS = ("unbound", "bind", "kresd", "pdns")
+BASELINE_ZONE = "1.in-addr.arpa."
+
+# States of a child zone: (published keys, signing keys) as roles.
+_STATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "initial": (("ksk", "zsk"), ("ksk", "zsk")),
+    "cutover": (("ksk", "standby"), ("ksk", "standby")),  # the bad one: new ZSK published and used at once
+    "prepublish": (("ksk", "zsk", "standby"), ("ksk", "zsk")),
+    "rolled": (("ksk", "zsk", "standby"), ("ksk", "standby")),
+}
+
+
+class LabError(Exception):
+    """The lab could not be built, started or changed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabResolver:
+    """A validating resolver of the lab."""
+
+    name: str  # 'unbound' | 'bind' | 'kresd' | 'pdns'
+    host: str
+    port: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LabZone:
+    """A signed APNIC-like child zone and what a probe needs to know about it."""
+
+    name: str
+    ksk_tag: int
+    zsk_tag: int
+    standby_zsk_tag: int | None
+    dnskey_ttl: int
+    record_ttl: int
+    probe_names: tuple[tuple[str, str], ...]  # (absolute qname, type) that exist
+    auth_addresses: tuple[str, ...]
+
+
+def lab_available() -> tuple[bool, str]:
+    """Can a lab run here: root and every needed binary present?"""
+    if os.geteuid() != 0:
+        return False, "dnslab needs root (port 53, loopback addresses)"
+    needed = [*servers.AUTH_BINARIES, *servers.RESOLVER_BINARIES.values()]
+    missing = [b for b in needed if shutil.which(b) is None]
+    if missing:
+        return False, "dnslab binaries missing: " + ", ".join(missing)
+    return True, "ok"
+
+
+def query(
+    host: str,
+    qname: str,
+    rdtype: str = "PTR",
+    *,
+    cd: bool = False,
+    rd: bool = True,
+    port: int = 53,
+    timeout: float = 3.0,
+) -> dns.message.Message:
+    """One UDP query with DO=1 (and CD if asked), EDNS large enough to avoid truncation."""
+    q = dns.message.make_query(qname, rdtype, want_dnssec=True, payload=4096)
+    if cd:
+        q.flags |= dns.flags.CD
+    if not rd:
+        q.flags &= ~dns.flags.RD
+    resp = dns.query.udp(q, host, port=port, timeout=timeout)
+    if resp.flags & dns.flags.TC:
+        resp = dns.query.tcp(q, host, port=port, timeout=timeout)
+    return resp
+
+
+def _is_secure(resp: dns.message.Message) -> bool:
+    return resp.rcode() == dns.rcode.NOERROR and bool(resp.flags & dns.flags.AD) and bool(resp.answer)
+
+
+class Lab:
+    """A private signed hierarchy (NSD) and validating resolvers on 127.53.0.0/16."""
+
+    def __init__(self, workdir: pathlib.Path, *, resolvers: Sequence[str] = ALL_RESOLVERS) -> None:
+        unknown = set(resolvers) - set(ALL_RESOLVERS)
+        if unknown:
+            raise ValueError(f"unknown resolvers: {sorted(unknown)}")
+        self.workdir = pathlib.Path(workdir).resolve()
+        self.resolvers: list[LabResolver] = [LabResolver(n, RESOLVER_ADDRS[n], 53) for n in resolvers]
+        self.zones: dict[str, LabZone] = {}
+        self.root_ds = ""  # lab root trust anchor, DS rdata text
+        self.hints_file = self.workdir / "root.hints"
+        self._keys: dict[str, ZoneKeys] = {}
+        self._state: dict[str, str] = {}
+        self._serial = int(time.time())  # increases across restarts too
+        self._auth: dict[str, Daemon] = {}  # address -> NSD
+        self._res: dict[str, Daemon] = {}  # resolver name -> daemon
+        self._added_addrs: list[str] = []
+
+    # ----------------------------------------------------------------- layout
+    @property
+    def keydir(self) -> pathlib.Path:
+        return self.workdir / "keys"
+
+    @property
+    def zonedir(self) -> pathlib.Path:
+        return self.workdir / "zones"
+
+    def _zonefile(self, zone: str) -> pathlib.Path:
+        return self.zonedir / ("root" if zone == "." else zone.rstrip("."))
+
+    def _next_serial(self) -> int:
+        self._serial += 1
+        return self._serial
+
+    @staticmethod
+    def _spec(zone: str) -> ChildSpec:
+        name = dns.name.from_text(zone).to_text()
+        for spec in CHILDREN:
+            if spec.name == name:
+                return spec
+        raise LabError(f"{zone} is not a lab child zone")
+
+    # ---------------------------------------------------------------- signing
+    def _child_body(self, spec: ChildSpec) -> str:
+        ns = f"ns1.{spec.name}"
+        lines = [
+            zones.soa_line(spec.name, spec.record_ttl, self._next_serial(), spec.record_ttl, ns),
+            f"{spec.name} {spec.record_ttl} IN NS {ns}",
+            f"{ns} {spec.record_ttl} IN A {zones.CHILD_ADDR}",
+        ]
+        lines += [f"{owner} {spec.record_ttl} IN PTR {target}" for owner, target in zones.ptr_records(spec)]
+        return "\n".join(lines)
+
+    def _sign_child(self, spec: ChildSpec, state: str) -> None:
+        keys = self._keys[spec.name]
+        roles: dict[str, Key | None] = {"ksk": keys.ksk, "zsk": keys.zsk, "standby": keys.standby}
+        published_roles, signing_roles = _STATES[state]
+        if keys.standby is None and state != "initial":
+            raise LabError(f"{spec.name} has no standby ZSK for {state}")
+        published = [k for r in published_roles if (k := roles[r]) is not None]
+        signing = [k for r in signing_roles if (k := roles[r]) is not None]
+        zones.sign_zone(
+            zone=spec.name,
+            body=self._child_body(spec),
+            published=published,
+            signing=signing,
+            keydir=self.keydir,
+            out=self._zonefile(spec.name),
+            dnskey_ttl=spec.dnskey_ttl,
+            expired=spec.expired,
+        )
+        self._state[spec.name] = state
+
+    def _delegation(self, child: str, ns_addr: str) -> list[str]:
+        """NS + glue + DS lines a parent holds for `child`."""
+        ns = f"ns1.{child}"
+        keys = self._keys[child]
+        # 39: the parent's DS points at a key the child never publishes
+        ds_key = keys.ghost if keys.ghost is not None else keys.ksk
+        return [
+            f"{child} {zones.INFRA_TTL} IN NS {ns}",
+            f"{ns} {zones.INFRA_TTL} IN A {ns_addr}",
+            f"{child} {zones.DS_TTL} IN DS {zones.ds_text(child, ds_key)}",
+        ]
+
+    def _sign_infra(self, zone: str, ns: str, ns_addr: str, delegations: Iterable[tuple[str, str]]) -> None:
+        lines = [
+            zones.soa_line(zone, zones.INFRA_TTL, self._next_serial(), 60, ns),
+            f"{zone} {zones.INFRA_TTL} IN NS {ns}",
+            f"{ns} {zones.INFRA_TTL} IN A {ns_addr}",
+        ]
+        for child, addr in delegations:
+            lines += self._delegation(child, addr)
+        keys = self._keys[zone]
+        zones.sign_zone(
+            zone=zone,
+            body="\n".join(lines),
+            published=[keys.ksk, keys.zsk],
+            signing=[keys.ksk, keys.zsk],
+            keydir=self.keydir,
+            out=self._zonefile(zone),
+            dnskey_ttl=zones.INFRA_TTL,
+        )
+
+    def _build(self) -> None:
+        for d in (self.keydir, self.zonedir):
+            if d.exists():
+                shutil.rmtree(d)
+            d.mkdir(parents=True)
+        infra = [".", "arpa.", "in-addr.arpa.", "ip6.arpa."]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            jobs = {
+                z: pool.submit(zones.make_zone_keys, self.keydir, z, standby=False, ghost=False)
+                for z in infra
+            }
+            for spec in CHILDREN:
+                jobs[spec.name] = pool.submit(
+                    zones.make_zone_keys, self.keydir, spec.name, standby=spec.standby, ghost=spec.ds_mismatch
+                )
+            self._keys = {z: f.result() for z, f in jobs.items()}
+            for f in [pool.submit(self._sign_child, spec, "initial") for spec in CHILDREN]:
+                f.result()
+        v4 = [(s.name, zones.CHILD_ADDR) for s in CHILDREN if s.name.endswith(".in-addr.arpa.")]
+        v6 = [(s.name, zones.CHILD_ADDR) for s in CHILDREN if s.name.endswith(".ip6.arpa.")]
+        self._sign_infra("in-addr.arpa.", "ns1.in-addr.arpa.", zones.REVERSE_ADDR, v4)
+        self._sign_infra("ip6.arpa.", "ns1.ip6.arpa.", zones.REVERSE_ADDR, v6)
+        self._sign_infra(
+            "arpa.",
+            "ns1.arpa.",
+            zones.ARPA_ADDR,
+            [("in-addr.arpa.", zones.REVERSE_ADDR), ("ip6.arpa.", zones.REVERSE_ADDR)],
+        )
+        self._sign_infra(".", zones.ROOT_NS, zones.ROOT_ADDR, [("arpa.", zones.ARPA_ADDR)])
+        self.root_ds = zones.ds_text(".", self._keys["."].ksk)
+        self.hints_file.write_text(
+            f". 3600000 IN NS {zones.ROOT_NS}\n{zones.ROOT_NS} 3600000 IN A {zones.ROOT_ADDR}\n"
+        )
+        self.zones = {}
+        for spec in CHILDREN:
+            keys = self._keys[spec.name]
+            self.zones[spec.name] = LabZone(
+                name=spec.name,
+                ksk_tag=keys.ksk.tag,
+                zsk_tag=keys.zsk.tag,
+                standby_zsk_tag=keys.standby.tag if keys.standby else None,
+                dnskey_ttl=spec.dnskey_ttl,
+                record_ttl=spec.record_ttl,
+                probe_names=tuple((owner, "PTR") for owner, _ in zones.ptr_records(spec)),
+                auth_addresses=(zones.CHILD_ADDR,),
+            )
+
+    # ---------------------------------------------------------------- servers
+    def _auth_layout(self) -> dict[str, list[str]]:
+        return {
+            zones.ROOT_ADDR: ["."],
+            zones.ARPA_ADDR: ["arpa."],
+            zones.REVERSE_ADDR: ["in-addr.arpa.", "ip6.arpa."],
+            zones.CHILD_ADDR: [s.name for s in CHILDREN],
+        }
+
+    def _start_auth(self) -> None:
+        for addr, names in self._auth_layout().items():
+            d = servers.nsd_daemon(self.workdir / f"nsd-{addr}", addr, {n: self._zonefile(n) for n in names})
+            self._auth[addr] = d
+            d.start()
+        for addr, names in self._auth_layout().items():
+            d = self._auth[addr]
+
+            def serving(addr: str = addr, names: list[str] = names) -> bool:
+                return all(
+                    query(addr, n, "SOA", rd=False, timeout=0.5).rcode() == dns.rcode.NOERROR for n in names
+                )
+
+            if not servers.wait_until(lambda d=d, ok=serving: not d.alive() or ok(), 10) or not d.alive():
+                raise d.failure("authoritative server did not start serving")
+
+    def _start_resolvers(self) -> None:
+        for r in self.resolvers:
+            d = servers.resolver_daemon(
+                r.name,
+                self.workdir / r.name,
+                r.host,
+                hints=self.hints_file,
+                root_ds=self.root_ds,
+                root_ns=zones.ROOT_NS,
+                root_addr=zones.ROOT_ADDR,
+            )
+            self._res[r.name] = d
+            d.start()
+        probe = self.zones[BASELINE_ZONE].probe_names[0][0]
+        pending = {r.name: r for r in self.resolvers}
+        deadline = time.monotonic() + 20
+        while pending:
+            for name, r in list(pending.items()):
+                d = self._res[name]
+                if not d.alive():
+                    raise d.failure("resolver exited during start-up")
+                try:
+                    if _is_secure(query(r.host, probe, "PTR", timeout=0.5)):
+                        del pending[name]
+                except Exception:  # not listening yet
+                    pass
+            if pending and time.monotonic() > deadline:
+                d = self._res[next(iter(pending))]
+                raise d.failure(f"no secure (AD=1) answer for {probe}")
+            if pending:
+                time.sleep(0.1)
+
+    def _stop_resolvers(self) -> None:
+        for d in self._res.values():
+            d.stop()
+        self._res = {}
+
+    def start(self) -> None:
+        """Build keys and zones, start NSD and the resolvers; wait until all validate."""
+        if self._auth or self._res:
+            raise LabError("lab already started")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._added_addrs = servers.add_loopback(
+                [*zones.AUTH_ADDRS, *(RESOLVER_ADDRS[r.name] for r in self.resolvers)]
+            )
+            self._build()
+            self._start_auth()
+            self._start_resolvers()
+        except (ServerError, SigningError, OSError) as exc:
+            self.stop()
+            raise LabError(str(exc)) from exc
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop only our daemons and drop only the loopback addresses we added."""
+        self._stop_resolvers()
+        for d in self._auth.values():
+            d.stop()
+        self._auth = {}
+        servers.remove_loopback(self._added_addrs)
+        self._added_addrs = []
+
+    def flush_resolvers(self) -> None:
+        """Restart every resolver with an empty cache and wait until it validates again."""
+        try:
+            self._stop_resolvers()
+            self._start_resolvers()
+        except ServerError as exc:
+            raise LabError(str(exc)) from exc
+
+    def __enter__(self) -> Lab:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -------------------------------------------------------------- scenarios
+    def _apply(self, zone: str, state: str) -> None:
+        spec = self._spec(zone)
+        try:
+            self._sign_child(spec, state)
+            servers.nsd_reload(self.workdir / f"nsd-{zones.CHILD_ADDR}", spec.name)
+        except (ServerError, SigningError) as exc:
+            raise LabError(str(exc)) from exc
+        want = self.served_key_tags(spec.name)
+        if not servers.wait_until(lambda: self._auth_tags(spec.name) == want, 5):
+            raise LabError(f"{spec.name}: authoritative server does not serve state {state} {want}")
+
+    def served_key_tags(self, zone: str) -> tuple[frozenset[int], frozenset[int]]:
+        """Expected (DNSKEY tags, tags signing the SOA) of a child in its current state."""
+        spec = self._spec(zone)
+        keys = self._keys[spec.name]
+        roles = {"ksk": keys.ksk, "zsk": keys.zsk, "standby": keys.standby}
+        published, signing = _STATES[self._state[spec.name]]
+        pub = frozenset(k.tag for r in published if (k := roles[r]) is not None)
+        sig = frozenset(k.tag for r in signing if r != "ksk" and (k := roles[r]) is not None)
+        return pub, sig
+
+    def _auth_tags(self, zone: str) -> tuple[frozenset[int], frozenset[int]]:
+        """(DNSKEY tags, SOA RRSIG tags) as actually served by the authoritative server."""
+        keys = query(zones.CHILD_ADDR, zone, "DNSKEY", rd=False, timeout=1)
+        soa = query(zones.CHILD_ADDR, zone, "SOA", rd=False, timeout=1)
+        pub = frozenset(
+            dns.dnssec.key_id(rd)
+            for rrset in keys.answer
+            if rrset.rdtype == dns.rdatatype.DNSKEY
+            for rd in rrset
+        )
+        sig = frozenset(
+            rd.key_tag for rrset in soa.answer if rrset.rdtype == dns.rdatatype.RRSIG for rd in rrset
+        )
+        return pub, sig
+
+    def cutover(self, zone: str) -> None:
+        """APNIC Dec 2012: publish the standby ZSK and sign with it only, at the same moment."""
+        self._apply(zone, "cutover")
+
+    def prepublish(self, zone: str) -> None:
+        """Correct rollover step 1: publish the standby ZSK, keep signing with the active one."""
+        self._apply(zone, "prepublish")
+
+    def roll(self, zone: str) -> None:
+        """Correct rollover step 2: sign with the standby ZSK (old ZSK stays published)."""
+        self._apply(zone, "rolled")
+
+    def reset(self, zone: str) -> None:
+        """Back to the initial state: KSK + active ZSK, signed by the active ZSK."""
+        self._apply(zone, "initial")
+
+    def state(self, zone: str) -> str:
+        return self._state[self._spec(zone).name]
+
+    def resolver(self, name: str) -> LabResolver:
+        return next(r for r in self.resolvers if r.name == name)
+
+    def describe(self) -> dict[str, object]:
+        """JSON-friendly summary (used by `python -m dnslab up`)."""
+        return {
+            "workdir": str(self.workdir),
+            "root_trust_anchor": f". IN DS {self.root_ds}",
+            "root_hints": str(self.hints_file),
+            "authoritative": {addr: names for addr, names in self._auth_layout().items()},
+            "resolvers": [dataclasses.asdict(r) for r in self.resolvers],
+            "zones": {
+                name: {
+                    **dataclasses.asdict(z),
+                    "probe_names": [list(p) for p in z.probe_names[:5]],
+                    "probe_name_count": len(z.probe_names),
+                }
+                for name, z in self.zones.items()
+            },
+        }

@@ -1,0 +1,3 @@
+-- PowerDNS Recursor: replace the built-in root anchor with the lab one.
+clearTA()
+addTA('.', '$ds')

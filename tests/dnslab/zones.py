@@ -1,0 +1,212 @@
+"""Zone layout, DNSSEC keys and zone signing for the lab hierarchy."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import pathlib
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+
+import dns.dnssec
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.DNSKEY
+import dns.reversename
+
+ALGORITHM = "ECDSAP256SHA256"
+
+# Loopback addresses of the authoritative levels (one NSD instance each).
+ROOT_ADDR = "127.53.0.1"
+ARPA_ADDR = "127.53.0.2"
+REVERSE_ADDR = "127.53.0.3"
+CHILD_ADDR = "127.53.0.4"
+AUTH_ADDRS = (ROOT_ADDR, ARPA_ADDR, REVERSE_ADDR, CHILD_ADDR)
+
+ROOT_NS = "a.root-servers.lab."
+INFRA_TTL = 3600
+DS_TTL = 60
+
+
+class SigningError(RuntimeError):
+    """A key tool or dnssec-signzone failed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildSpec:
+    """Static description of one APNIC-like child zone."""
+
+    name: str
+    dnskey_ttl: int
+    record_ttl: int
+    addresses: tuple[str, ...]  # addresses whose reverse names get PTRs
+    standby: bool = False  # generate a never-published standby ZSK
+    expired: bool = False  # sign with signatures that already expired
+    ds_mismatch: bool = False  # parent DS points at a key never published
+
+
+def _v4(prefix: str, n: int) -> tuple[str, ...]:
+    return tuple(
+        f"{prefix}.{a}.{b}.{c}"
+        for a, b, c in [(0, 0, 1), (0, 0, 2), (1, 2, 3), (200, 0, 53), (255, 255, 254)][:n]
+    )
+
+
+CHILDREN: tuple[ChildSpec, ...] = (
+    ChildSpec("1.in-addr.arpa.", 30, 2, _v4("1", 5)),
+    ChildSpec(
+        "3.0.1.0.0.2.ip6.arpa.",
+        30,
+        2,
+        ("2001:300::1", "2001:300::2", "2001:300::53", "2001:300::beef", "2001:3ff:1:2::1"),
+    ),
+    ChildSpec("14.in-addr.arpa.", 24, 2, _v4("14", 5), standby=True),
+    ChildSpec("27.in-addr.arpa.", 8, 2, _v4("27", 5), standby=True),
+    ChildSpec("36.in-addr.arpa.", 30, 2, _v4("36", 5), expired=True),
+    ChildSpec("39.in-addr.arpa.", 30, 2, _v4("39", 5), ds_mismatch=True),
+    ChildSpec(
+        "101.in-addr.arpa.", 86400, 86400, tuple(f"101.0.{m}.{n}" for m in range(8) for n in range(250))
+    ),
+)
+
+
+@dataclasses.dataclass
+class Key:
+    """One key pair created by dnssec-keygen."""
+
+    base: str  # file base name without extension, e.g. K1.in-addr.arpa.+013+12345
+    tag: int
+    ksk: bool
+    dnskey: dns.rdtypes.ANY.DNSKEY.DNSKEY
+
+    def files(self, keydir: pathlib.Path) -> list[pathlib.Path]:
+        return [keydir / f"{self.base}.key", keydir / f"{self.base}.private"]
+
+
+def _run(cmd: Sequence[str], cwd: pathlib.Path) -> str:
+    proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SigningError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def generate_key(keydir: pathlib.Path, zone: str, *, ksk: bool) -> Key:
+    """Create one ECDSA P-256 key for `zone` in keydir."""
+    cmd = ["dnssec-keygen", "-q", "-K", str(keydir), "-a", ALGORITHM, "-n", "ZONE"]
+    if ksk:
+        cmd += ["-f", "KSK"]
+    base = _run([*cmd, zone], keydir).strip()
+    return load_key(keydir, base)
+
+
+def load_key(keydir: pathlib.Path, base: str) -> Key:
+    """Parse the public half of a key written by dnssec-keygen."""
+    line = next(
+        ln for ln in (keydir / f"{base}.key").read_text().splitlines() if ln and not ln.startswith(";")
+    )
+    rdata_text = line.split("DNSKEY", 1)[1].strip()
+    rd = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.DNSKEY, rdata_text)
+    assert isinstance(rd, dns.rdtypes.ANY.DNSKEY.DNSKEY)
+    return Key(base=base, tag=dns.dnssec.key_id(rd), ksk=bool(rd.flags & 1), dnskey=rd)
+
+
+def ds_text(zone: str, key: Key) -> str:
+    """DS rdata (SHA-256) for `key` as presentation text."""
+    return dns.dnssec.make_ds(dns.name.from_text(zone), key.dnskey, "SHA256").to_text()
+
+
+@dataclasses.dataclass
+class ZoneKeys:
+    """Keys of one zone; `standby` is generated but not published initially."""
+
+    ksk: Key
+    zsk: Key
+    standby: Key | None = None
+    ghost: Key | None = None  # KSK whose DS goes to the parent but which is never published
+
+
+def make_zone_keys(keydir: pathlib.Path, zone: str, *, standby: bool, ghost: bool) -> ZoneKeys:
+    """Generate KSK, ZSK (and optional standby/ghost keys) with distinct tags."""
+    keys: list[Key] = []
+    wanted = [True, False] + ([False] if standby else []) + ([True] if ghost else [])
+    for is_ksk in wanted:
+        key = generate_key(keydir, zone, ksk=is_ksk)
+        while key.tag in {k.tag for k in keys}:  # tags must be distinguishable in the scenarios
+            key = generate_key(keydir, zone, ksk=is_ksk)
+        keys.append(key)
+    zk = ZoneKeys(ksk=keys[0], zsk=keys[1])
+    rest = keys[2:]
+    if standby:
+        zk.standby = rest.pop(0)
+    if ghost:
+        zk.ghost = rest.pop(0)
+    return zk
+
+
+def ptr_records(spec: ChildSpec) -> list[tuple[str, str]]:
+    """(absolute owner, PTR target) for every address of a child zone."""
+    out = []
+    for addr in spec.addresses:
+        owner = dns.reversename.from_address(addr).to_text()
+        assert owner.endswith("." + spec.name), (owner, spec.name)
+        host = addr.replace(".", "-").replace(":", "-")
+        out.append((owner, f"host-{host}.customer.example."))
+    return out
+
+
+def soa_line(zone: str, ttl: int, serial: int, negative_ttl: int, mname: str) -> str:
+    rname = f"hostmaster.{zone if zone != '.' else 'lab.'}"
+    return f"{zone} {ttl} IN SOA {mname} {rname} {serial} 3600 600 86400 {negative_ttl}"
+
+
+def dnskey_lines(zone: str, ttl: int, keys: Sequence[Key]) -> list[str]:
+    return [f"{zone} {ttl} IN DNSKEY {k.dnskey.to_text()}" for k in keys]
+
+
+def sign_zone(
+    *,
+    zone: str,
+    body: str,
+    published: Sequence[Key],
+    signing: Sequence[Key],
+    keydir: pathlib.Path,
+    out: pathlib.Path,
+    dnskey_ttl: int,
+    expired: bool = False,
+) -> None:
+    """Sign `body` (unsigned zone text without DNSKEYs) into `out`.
+
+    Only the keys in `signing` have their private halves visible to
+    dnssec-signzone, so exactly those sign; `published` decides the DNSKEY RRset.
+    """
+    with tempfile.TemporaryDirectory(prefix="sign-", dir=out.parent) as tmp:
+        tmpdir = pathlib.Path(tmp)
+        for key in signing:
+            for f in key.files(keydir):
+                shutil.copy(f, tmpdir / f.name)
+        src = tmpdir / "unsigned.zone"
+        src.write_text(body + "\n" + "\n".join(dnskey_lines(zone, dnskey_ttl, published)) + "\n")
+        cmd = [
+            "dnssec-signzone",
+            "-q",
+            "-x",
+            "-K",
+            str(tmpdir),
+            "-d",
+            str(tmpdir),
+            "-o",
+            zone,
+            "-f",
+            str(out),
+        ]
+        if expired:
+            now = datetime.datetime.now(datetime.UTC)
+            fmt = "%Y%m%d%H%M%S"
+            start = (now - datetime.timedelta(days=40)).strftime(fmt)
+            end = (now - datetime.timedelta(days=10)).strftime(fmt)
+            cmd += ["-P", "-s", start, "-e", end]  # verification would reject expired signatures
+        _run([*cmd, str(src)], tmpdir)
