@@ -108,7 +108,7 @@ async def test_bad_cutover_is_diagnosed_with_recovery_time(lab: Lab, engine: Eng
     recovered = await _first_secure(engine, lab, zone, time.time() + z.dnskey_ttl + 30)
     assert set(recovered) == RESOLVER_KINDS, recovered
     late = {n: round(at - predicted[n], 1) for n, at in recovered.items()}
-    for name, delta in late.items():
+    for delta in late.values():
         # Polled once a second, TTLs are whole seconds, and the lab caches bogus results for
         # 1 s. Unbound's validator key cache was seen to outlive the DNSKEY RRset it shows to
         # CD=1 queries by up to ~6 s after earlier validation failures on the same server.
