@@ -137,7 +137,9 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
     if as_json:
         click.echo(to_json(results, raw=raw, interrupted=interrupted))
     else:
-        render_table(results, Console())
+        # Piped output (logs, mail) gets a wide table instead of rich's 80-column default.
+        out = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
+        render_table(results, out)
         if interrupted:
             err.print(f"interrupted: {len(results)} of {total} checks done")
     sys.exit(EXIT_UNKNOWN if interrupted else exit_status(results))

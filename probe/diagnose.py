@@ -229,8 +229,11 @@ def check_source(ev: AuthEvidence, ds_obs: Observation | None, zone: str, qname:
         return None
     origin = dns.name.from_text(zone)
     key_sets = ev.dnskey.rrsets("DNSKEY", zone)
+    ds_sets = ds_obs.rrsets("DS", zone) if ds_obs and ds_obs.outcome is Outcome.REPLY else []
     if not key_sets:
-        return _SourceCheck(("rrsig-unknown-key",), (f"{ev.address} serves no DNSKEY for {zone}",))
+        if ds_sets:
+            return _SourceCheck(("dnskey-missing",), ("the parent has a DS but the zone serves no DNSKEY",))
+        return _SourceCheck((), ("unsigned: no DNSKEY at the source and no DS in the parent",))
     key_obs = key_sets[0]
     keys = [k for k in _rdatas(key_obs, "DNSKEY", origin) if isinstance(k, DNSKEY)]
     tags = {dns.dnssec.key_id(k) for k in keys}
@@ -239,17 +242,14 @@ def check_source(ev: AuthEvidence, ds_obs: Observation | None, zone: str, qname:
 
     # DS -> DNSKEY: at least one DS in the parent must match a key here (RFC 4035 §5.2).
     ds_keys = keys
-    if ds_obs is not None and ds_obs.outcome is Outcome.REPLY:
-        ds_sets = ds_obs.rrsets("DS", zone)
-        if ds_sets:
-            ds_list = [d for d in _rdatas(ds_sets[0], "DS", origin) if isinstance(d, DS)]
-            ds_keys = [k for k in keys if any(_ds_matches(zone, k, d) for d in ds_list)]
-            if not ds_keys:
-                problems.append("ds-no-matching-key")
-                notes.append(
-                    f"DS key tags {sorted({d.key_tag for d in ds_list})} match no DNSKEY "
-                    f"{sorted(tags)}"
-                )
+    if ds_sets:
+        ds_list = [d for d in _rdatas(ds_sets[0], "DS", origin) if isinstance(d, DS)]
+        ds_keys = [k for k in keys if any(_ds_matches(zone, k, d) for d in ds_list)]
+        if not ds_keys:
+            problems.append("ds-no-matching-key")
+            notes.append(
+                f"DS key tags {sorted({d.key_tag for d in ds_list})} match no DNSKEY {sorted(tags)}"
+            )
 
     # The DNSKEY RRset must be signed by a key the DS points at.
     if ds_keys:
@@ -293,6 +293,7 @@ def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
     auth_dnskey: set[int] = set()
     auth_sig: set[int] = set()
     bad_sources: list[tuple[str, _SourceCheck]] = []
+    unsigned: list[str] = []
     good_sources = 0
     for a in ev.auth:
         auth_dnskey.update(dnskey_tags(a.dnskey, zone))
@@ -302,6 +303,8 @@ def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
             continue
         if chk.problems:
             bad_sources.append((a.address, chk))
+        elif chk.notes:  # answered, but the zone is unsigned: nothing there to validate
+            unsigned.append(a.address)
         else:
             good_sources += 1
     sig_tags = auth_sig or set(rrsig_tags(ev.cd_answer, qname, qtype))
@@ -315,8 +318,12 @@ def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
     if bad_sources:
         reasons = [r for _, c in bad_sources for r in c.problems]
         where = "; ".join(f"{addr}: {'; '.join(c.notes)}" for addr, c in bad_sources)
-        return make(DiagnosisKind.BOGUS_AT_SOURCE, reasons,
-                    f"authoritative data cannot validate ({where})")
+        return make(DiagnosisKind.BOGUS_AT_SOURCE, reasons, where)
+
+    if unsigned and good_sources == 0:
+        return make(DiagnosisKind.UNKNOWN, ["zone-unsigned"],
+                    f"{', '.join(unsigned)}: no DNSKEY at the source and no DS in the parent; "
+                    "the zone is unsigned, so this SERVFAIL is not a signing problem there")
 
     if good_sources == 0:
         why = "; ".join(ev.notes) or "the authoritative servers could not be asked"

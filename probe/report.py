@@ -65,7 +65,7 @@ def explain(r: CheckResult) -> str:
                 text += f"; recovers in about {d.recovers_in_s} s"
             return text
         if d.kind is DiagnosisKind.BOGUS_AT_SOURCE:
-            return f"bogus at source: {d.detail.removeprefix('authoritative data cannot validate ')}"
+            return f"bogus at source: {d.detail}"
         return f"unknown cause: {d.detail}"
     if o.outcome is not Outcome.REPLY:
         return o.detail

@@ -11,6 +11,7 @@ import asyncio
 import errno
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 from probe.errors import ConnectionFailed, QueryTimeout, TransportError, Unreachable
@@ -116,6 +117,7 @@ class UdpChannel:
             return fut
         qid = self._new_id()
         now = self._loop.time()
+        sent = time.perf_counter()  # loop.time() is only millisecond-grained under uvloop
         try:
             self._sock.send(tmpl.with_id(qid))
         except BlockingIOError:
@@ -123,14 +125,14 @@ class UdpChannel:
         except OSError as exc:
             fut.set_exception(_translate(exc, "send"))
             return fut
-        self._pending[qid] = _Pending(fut, tmpl, now, now + self.timeout)
+        self._pending[qid] = _Pending(fut, tmpl, sent, now + self.timeout)
         if self._timer is None:
             self._timer = self._loop.call_later(_TICK, self._expire)
         return fut
 
     def _on_readable(self) -> None:
         pending = self._pending
-        now = self._loop.time()
+        now = time.perf_counter()
         while True:
             try:
                 data = self._sock.recv(65535)
@@ -197,10 +199,9 @@ class UdpChannel:
 
 async def tcp_exchange(host: str, port: int, tmpl: QueryTemplate, *, timeout: float) -> RawReply:
     """One query over a fresh TCP connection (RFC 7766), used after a truncated UDP reply."""
-    loop = asyncio.get_running_loop()
     qid = int.from_bytes(os.urandom(2), "big")
     wire = tmpl.with_id(qid)
-    start = loop.time()
+    start = time.perf_counter()
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
@@ -216,7 +217,7 @@ async def tcp_exchange(host: str, port: int, tmpl: QueryTemplate, *, timeout: fl
                     and data[2] & 0x80
                     and tmpl.matches_question(data)
                 ):
-                    return RawReply(data, loop.time() - start, "tcp")
+                    return RawReply(data, time.perf_counter() - start, "tcp")
     except TimeoutError:
         raise QueryTimeout(f"no TCP reply within {timeout:g}s") from None
     except asyncio.IncompleteReadError:

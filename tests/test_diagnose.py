@@ -157,3 +157,14 @@ def test_cache_already_current_is_unknown(z: SignedZone) -> None:
 def test_recovery_never_negative(z: SignedZone) -> None:
     d = diagnose(cutover_evidence(z), now=NOW + 86400 - 1)  # signatures still valid
     assert d.recovers_in_s == 0
+
+
+def test_dnskey_missing_with_ds_vs_unsigned_zone(z: SignedZone) -> None:
+    no_keys = Observation("auth:192.0.2.1", "192.0.2.1", 53, ZONE, "DNSKEY", False, False, NOW,
+                          Outcome.REPLY, rtt_ms=1.0, rcode=0, flags=0x8400)
+    data = z.record_obs(QNAME, "PTR", PTR, None)
+    auth = (AuthEvidence("192.0.2.1", no_keys, data),)
+    with_ds = diagnose(Evidence(ZONE, QNAME, "PTR", cached_ds=z.ds_obs(), auth=auth), now=NOW)
+    assert with_ds.kind is DiagnosisKind.BOGUS_AT_SOURCE and with_ds.reasons == ("dnskey-missing",)
+    unsigned = diagnose(Evidence(ZONE, QNAME, "PTR", auth=auth), now=NOW)
+    assert unsigned.kind is DiagnosisKind.UNKNOWN and unsigned.reasons == ("zone-unsigned",)
