@@ -350,7 +350,11 @@ def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
             f"caches DNSKEY set {_tags(cached_tags)}"
         )
         if recovers_in is not None:
-            detail += f"; recovers when that set expires in about {recovers_in} s"
+            detail += (
+                f"; recovers when that set expires in about {recovers_in} s (names already "
+                "asked can stay bogus for the resolver's bogus-cache time, 60 s by default in "
+                "Unbound and PowerDNS)"
+            )
         return make(DiagnosisKind.STALE_DNSKEY_CACHE, ["dnskey-not-cached"], detail,
                     recovers_in, recovers_at)
 

@@ -6,7 +6,7 @@ diagnosis read them, so a recorded sweep replays through the same decisions in u
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -76,7 +76,6 @@ class Observation:
     # False when only the fixed header was read (plainly secure reply on the hot path).
     parsed: bool = True
     detail: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ad(self) -> bool:
@@ -122,7 +121,6 @@ class Observation:
             "authority": [_rrset_to_dict(r) for r in self.authority],
             "parsed": self.parsed,
             "detail": self.detail,
-            "extra": dict(self.extra),
         }
 
     @classmethod
@@ -147,7 +145,6 @@ class Observation:
             authority=tuple(_rrset_from_dict(r) for r in d.get("authority", ())),
             parsed=bool(d.get("parsed", True)),
             detail=str(d.get("detail", "")),
-            extra=dict(d.get("extra", {})),
         )
 
 
