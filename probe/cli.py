@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -129,19 +130,26 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
             collected.append(r)
             bar.advance(task)
 
+        failure: BaseException | None = None
         try:
             results = asyncio.run(engine.sweep(zone_specs, resolvers, progress=progress))
         except KeyboardInterrupt:
             # Keep what was collected: print it, then exit as "unknown".
             results, interrupted = collected, True
+        except Exception as exc:  # a bug must not lose what was already collected
+            results, interrupted, failure = collected, True, exc
     if as_json:
         click.echo(to_json(results, raw=raw, interrupted=interrupted))
     else:
         # Piped output (logs, mail) gets a wide table instead of rich's 80-column default.
         out = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
         render_table(results, out)
-        if interrupted:
-            err.print(f"interrupted: {len(results)} of {total} checks done")
+    if failure is not None:
+        click.echo(f"dnssec-probe: internal error: {failure.__class__.__name__}: {failure}",
+                   err=True)
+        traceback.print_exception(failure, file=sys.stderr)
+    if interrupted:
+        click.echo(f"interrupted: {len(results)} of {total} checks done", err=True)
     sys.exit(EXIT_UNKNOWN if interrupted else exit_status(results))
 
 

@@ -108,16 +108,20 @@ class Investigator:
                            servers: tuple[tuple[str, int], ...]) -> tuple[AuthEvidence, ...]:
         dnskey_t = self._tmpl(zone.name, "DNSKEY", rd=False, cd=False)
         answer_t = self._tmpl(probe.qname, probe.qtype, rd=False, cd=False)
-        out: list[AuthEvidence] = []
-        for host, port in servers:
-            if len(out) >= self.max_auth_servers:
-                break
+
+        async def one(host: str, port: int) -> AuthEvidence | None:
             name = f"auth:{host}"
             dnskey, answer = await asyncio.gather(
                 self.q.ask(name, host, port, dnskey_t, triage=False),
                 self.q.ask(name, host, port, answer_t, triage=False),
             )
             if dnskey.outcome is Outcome.UNREACHABLE:
-                continue
-            out.append(AuthEvidence(host if port == 53 else f"{host}:{port}", dnskey, answer))
-        return tuple(out)
+                return None  # e.g. an IPv6 server seen from a host without IPv6
+            return AuthEvidence(host if port == 53 else f"{host}:{port}", dnskey, answer)
+
+        # In parallel, so a dead server costs one timeout, not one per server; twice the
+        # wanted count because some addresses may be unreachable from here.
+        asked = await asyncio.gather(*(
+            one(h, p) for h, p in servers[: 2 * self.max_auth_servers]
+        ))
+        return tuple(a for a in asked if a is not None)[: self.max_auth_servers]
