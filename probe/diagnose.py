@@ -167,7 +167,9 @@ def _dnskey_ttl(obs: Observation | None, zone: str) -> int | None:
 
 
 def _to_rrset(r: RRsetObs, origin: dns.name.Name) -> dns.rrset.RRset:
-    return dns.rrset.from_text_list(r.name, r.ttl, "IN", r.rdtype, list(r.rdatas), origin=origin)
+    # Names inside rdata (SOA, PTR, NS) must stay absolute, or signature data changes.
+    return dns.rrset.from_text_list(r.name, r.ttl, "IN", r.rdtype, list(r.rdatas), origin=origin,
+                                    relativize=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,3 +168,17 @@ def test_dnskey_missing_with_ds_vs_unsigned_zone(z: SignedZone) -> None:
     assert with_ds.kind is DiagnosisKind.BOGUS_AT_SOURCE and with_ds.reasons == ("dnskey-missing",)
     unsigned = diagnose(Evidence(ZONE, QNAME, "PTR", auth=auth), now=NOW)
     assert unsigned.kind is DiagnosisKind.UNKNOWN and unsigned.reasons == ("zone-unsigned",)
+
+
+@pytest.mark.parametrize(("qname", "qtype", "texts"), [
+    (ZONE, "SOA", ["ns1.14.in-addr.arpa. hostmaster.14.in-addr.arpa. 7 3600 600 86400 60"]),
+    (ZONE, "NS", ["ns1.14.in-addr.arpa.", "ns2.example."]),
+    (QNAME, "PTR", ["host.14.in-addr.arpa."]),  # a target inside the zone
+])
+def test_names_inside_rdata_verify(z: SignedZone, qname: str, qtype: str, texts: list[str]) -> None:
+    """Rdata names are rebuilt absolute; relative ones would change the signed data."""
+    auth = AuthEvidence("192.0.2.1", z.dnskey_obs([z.ksk, z.standby]),
+                        z.record_obs(qname, qtype, texts, z.standby))
+    ev = Evidence(ZONE, qname, qtype, cached_dnskey=z.dnskey_obs([z.ksk, z.zsk], cd=True),
+                  cached_ds=z.ds_obs(), auth=(auth,))
+    assert diagnose(ev, now=NOW).kind is DiagnosisKind.STALE_DNSKEY_CACHE
