@@ -71,6 +71,9 @@ def explain(r: CheckResult) -> str:
         return o.detail
     if r.classification.verdict is Verdict.INSECURE:
         return "no AD bit: answer not validated"
+    if r.classification.reason == "ad-denial":
+        # Validated, but a probe name should exist: aggressive NSEC could answer from old data.
+        return "authenticated denial: the probed name or type does not exist"
     return ""
 
 
