@@ -16,6 +16,8 @@ _OUTCOME_VERDICT: dict[Outcome, tuple[Verdict, str]] = {
     Outcome.UNREACHABLE: (Verdict.UNREACHABLE, "unreachable"),
     Outcome.MALFORMED: (Verdict.ERROR, "malformed-reply"),
     Outcome.TCP_FAILED: (Verdict.ERROR, "tcp-failed"),
+    Outcome.PORT_UNREACHABLE: (Verdict.ERROR, "port-unreachable"),
+    Outcome.IO_ERROR: (Verdict.ERROR, "io-error"),
 }
 
 

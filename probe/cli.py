@@ -69,7 +69,7 @@ def _resolvers(specs: Sequence[str], files: Sequence[str], with_defaults: bool,
 
 def _run_loop() -> None:
     try:
-        import uvloop  # optional: ~15% less CPU per query on the hot path
+        import uvloop  # optional: ~5% less CPU per check measured here
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
@@ -104,10 +104,13 @@ def cli() -> None:
               help="Queries in flight in total.")
 @click.option("--no-diagnose", is_flag=True, help="Skip the follow-up questions on failures.")
 @click.option("--full-parse", is_flag=True, help="Parse every reply, even plainly secure ones.")
+@click.option("--allow-local-auth", is_flag=True,
+              help="Let the diagnosis ask authoritative servers at non-public addresses "
+                   "found through NS lookups (labs; zones.txt ns= is always allowed).")
 def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[str, ...],
           resolver_files: tuple[str, ...], with_defaults: bool, ipv4: bool, ipv6: bool,
           as_json: bool, raw: bool, qps: float, timeout: float, retries: int, inflight: int,
-          no_diagnose: bool, full_parse: bool) -> None:
+          no_diagnose: bool, full_parse: bool, allow_local_auth: bool) -> None:
     """Check ZONES (default: every zone in zones.txt) against every resolver, once."""
     if ipv4 and ipv6:
         raise click.UsageError("-4 and -6 exclude each other")
@@ -115,7 +118,8 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
     zone_specs = _zones(zones_file, zones)
     resolvers = _resolvers(resolver_specs, resolver_files, with_defaults, family)
     config = EngineConfig(qps=qps, timeout=timeout, retries=retries, max_inflight=inflight,
-                          diagnose=not no_diagnose, full_parse=full_parse)
+                          diagnose=not no_diagnose, full_parse=full_parse,
+                          allow_local_auth=allow_local_auth)
     engine = Engine(config)
     err = Console(stderr=True)
     collected: list[CheckResult] = []

@@ -84,7 +84,9 @@ REASONS: dict[str, Reason] = {
         _r("unreachable", "no route to the resolver from this host (e.g. no IPv6)", "RFC 1122 §3.2.2.1"),
         _r("malformed-reply", "a matching reply that could not be parsed", "RFC 1035 §4.1"),
         _r("tcp-failed", "TCP retry after truncation failed", "RFC 7766 §5"),
-        _r("transport-error", "the query could not be completed", "RFC 1035 §4.2"),
+        _r("port-unreachable", "ICMP port unreachable: the host is up, its DNS service is not",
+           "RFC 1122 §4.1.3.1"),
+        _r("io-error", "a socket could not be set up or used", "RFC 1035 §4.2"),
         # diagnosis reasons
         _r("dnskey-not-cached", "signatures use a key the resolver's cached DNSKEY set lacks",
            "RFC 4035 §5.3.1; RFC 6781 §4.1.1.1"),
@@ -106,6 +108,8 @@ REASONS: dict[str, Reason] = {
         _r("zone-unsigned", "no DNSKEY at the source and no DS in the parent",
            "RFC 4035 §4.3"),
         _r("no-authoritative-data", "the authoritative servers could not be asked", "RFC 1034 §4.3.2"),
+        _r("cache-hidden", "the resolver would not show its cached DNSKEY set (CD=1)",
+           "RFC 4035 §3.2.2"),
         _r("cache-matches-source", "the resolver caches the same keys that sign the data",
            "RFC 4035 §5"),
     )

@@ -25,7 +25,7 @@ from dns.rdtypes.ANY.DS import DS
 from dns.rdtypes.ANY.RRSIG import RRSIG
 
 from probe.codes import DiagnosisKind
-from probe.observation import Observation, Outcome, RRsetObs
+from probe.observation import FLAG_AA, Observation, Outcome, RRsetObs
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +153,33 @@ def dnskey_tags(obs: Observation | None, zone: str) -> tuple[int, ...]:
     return tuple(sorted(tags))
 
 
-def rrsig_tags(obs: Observation | None, qname: str, qtype: str) -> tuple[int, ...]:
+_DENIAL_TYPES = frozenset({"NSEC", "NSEC3", "SOA"})
+
+
+def signed_rrsets(obs: Observation | None, qname: str, qtype: str) -> list[RRsetObs]:
+    """The RRsets whose signatures vouch for a reply: the data, or for NXDOMAIN/NODATA the
+    NSEC/NSEC3/SOA RRsets of the authority section (RFC 4035 §3.1.3)."""
     if obs is None or obs.outcome is not Outcome.REPLY:
-        return ()
-    return tuple(sorted({s.key_tag for r in obs.rrsets(qtype, qname) for s in _sigs(r)}))
+        return []
+    data = obs.rrsets(qtype, qname)
+    if data:
+        return data
+    if obs.rcode in (0, 3):
+        return [r for r in obs.authority if r.rdtype in _DENIAL_TYPES]
+    return []
+
+
+def rrsig_tags(obs: Observation | None, qname: str, qtype: str) -> tuple[int, ...]:
+    return tuple(sorted({s.key_tag for r in signed_rrsets(obs, qname, qtype) for s in _sigs(r)}))
+
+
+def authoritative(obs: Observation | None) -> bool:
+    """An answer from the zone itself: NOERROR/NXDOMAIN with AA=1 (not a lame or REFUSED server,
+    not a referral)."""
+    return (
+        obs is not None and obs.outcome is Outcome.REPLY and obs.rcode in (0, 3)
+        and obs.flags is not None and bool(obs.flags & FLAG_AA)
+    )
 
 
 def _dnskey_ttl(obs: Observation | None, zone: str) -> int | None:
@@ -226,9 +249,11 @@ def _ago(seconds: float) -> str:
 
 def check_source(ev: AuthEvidence, ds_obs: Observation | None, zone: str, qname: str,
                  qtype: str, now: float) -> _SourceCheck | None:
-    """Can the authoritative data validate on its own? None when the server gave no usable data."""
-    if ev.dnskey is None or ev.dnskey.outcome is not Outcome.REPLY:
+    """Can the authoritative data validate on its own? None when the server gave no usable data
+    (no reply, or not authoritative: one lame server must not make a zone look broken)."""
+    if not authoritative(ev.dnskey):
         return None
+    assert ev.dnskey is not None
     origin = dns.name.from_text(zone)
     key_sets = ev.dnskey.rrsets("DNSKEY", zone)
     ds_sets = ds_obs.rrsets("DS", zone) if ds_obs and ds_obs.outcome is Outcome.REPLY else []
@@ -244,8 +269,11 @@ def check_source(ev: AuthEvidence, ds_obs: Observation | None, zone: str, qname:
 
     # DS -> DNSKEY: at least one DS in the parent must match a key here (RFC 4035 §5.2).
     ds_keys = keys
-    if ds_sets:
-        ds_list = [d for d in _rdatas(ds_sets[0], "DS", origin) if isinstance(d, DS)]
+    ds_list = [d for d in _rdatas(ds_sets[0], "DS", origin) if isinstance(d, DS)] if ds_sets else []
+    # A DS set with no digest or algorithm we (or any validator) support makes the zone insecure
+    # rather than bogus (RFC 4035 §5.2, RFC 6840 §5.2): then there is nothing to check here.
+    ds_list = [d for d in ds_list if _ds_supported(d)]
+    if ds_list:
         ds_keys = [k for k in keys if any(_ds_matches(zone, k, d) for d in ds_list)]
         if not ds_keys:
             problems.append("ds-no-matching-key")
@@ -262,23 +290,33 @@ def check_source(ev: AuthEvidence, ds_obs: Observation | None, zone: str, qname:
             problems.extend(p or ["dnskey-rrsig-invalid"])
             notes.extend(n or ["DNSKEY RRset is not signed by a key the DS points at"])
 
-    # The probed record must be signed by a key of the DNSKEY set.
-    if ev.answer is not None and ev.answer.outcome is Outcome.REPLY:
-        data = ev.answer.rrsets(qtype, qname)
-        if data and keys:
-            all_keys = {origin: dns.rrset.from_rdata_list(origin, key_obs.ttl, keys)}
-            p, n, ok = _check_sigs(data[0], all_keys, origin, now, tags, f"{qname} {qtype}")
+    # The probed record (or the proof that it does not exist) must be signed by a zone key.
+    if authoritative(ev.answer) and keys:
+        all_keys = {origin: dns.rrset.from_rdata_list(origin, key_obs.ttl, keys)}
+        for rrset in signed_rrsets(ev.answer, qname, qtype):
+            what = f"{rrset.name} {rrset.rdtype}"
+            p, n, ok = _check_sigs(rrset, all_keys, origin, now, tags, what)
             if not ok:
                 problems.extend(p)
                 notes.extend(n)
     return _SourceCheck(tuple(dict.fromkeys(problems)), tuple(notes))
 
 
+_DS_DIGESTS = frozenset({1, 2, 4})  # SHA-1, SHA-256, SHA-384 (RFC 8624 §3.3: validate all)
+_ALGORITHMS = frozenset({5, 7, 8, 10, 13, 14, 15, 16})
+
+
+def _ds_supported(ds: DS) -> bool:
+    return int(ds.digest_type) in _DS_DIGESTS and int(ds.algorithm) in _ALGORITHMS
+
+
 def _ds_matches(zone: str, key: DNSKEY, ds: DS) -> bool:
     if dns.dnssec.key_id(key) != ds.key_tag or int(key.algorithm) != int(ds.algorithm):
         return False
     try:
-        return dns.dnssec.make_ds(zone, key, ds.digest_type).digest == ds.digest
+        # validating=True: dnspython's policy refuses to *create* SHA-1 DS, not to check one.
+        made = dns.dnssec.make_ds(zone, key, ds.digest_type, validating=True)
+        return made.digest == ds.digest
     except (dns.exception.UnsupportedAlgorithm, ValueError, dns.exception.DNSException):
         return False
 
@@ -298,8 +336,10 @@ def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
     unsigned: list[str] = []
     good_sources = 0
     for a in ev.auth:
-        auth_dnskey.update(dnskey_tags(a.dnskey, zone))
-        auth_sig.update(rrsig_tags(a.answer, qname, qtype))
+        if authoritative(a.dnskey):
+            auth_dnskey.update(dnskey_tags(a.dnskey, zone))
+        if authoritative(a.answer):
+            auth_sig.update(rrsig_tags(a.answer, qname, qtype))
         chk = check_source(a, ev.cached_ds, zone, qname, qtype, now)
         if chk is None:
             continue
@@ -336,12 +376,14 @@ def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
         return make(DiagnosisKind.UNKNOWN, ["no-authoritative-data"], why)
 
     if not cached_tags:
-        return make(DiagnosisKind.UNKNOWN, [],
+        return make(DiagnosisKind.UNKNOWN, ["cache-hidden"],
                     "the authoritative data validates, but the resolver would not show "
                     "its cached DNSKEY set")
 
     missing = sig_tags - set(cached_tags)
-    if missing and missing <= auth_dnskey:
+    # Stale only if no signing key is cached: with a double signature (RFC 6781 §4.1.1.2) one
+    # cached key is enough to validate, so the SERVFAIL has another cause.
+    if sig_tags and missing == sig_tags and missing <= auth_dnskey:
         received = ev.cached_dnskey.received if ev.cached_dnskey else None
         recovers_in = recovers_at = None
         if cached_ttl is not None and received is not None:

@@ -18,7 +18,7 @@ from asyncio_throttle.throttler import Throttler
 from probe.classify import Classification, classify, severity
 from probe.codes import Severity
 from probe.diagnose import Diagnosis, Evidence, diagnose
-from probe.errors import ConfigError, Unreachable
+from probe.errors import ConfigError, TransportError, Unreachable
 from probe.investigate import Investigator
 from probe.observation import Observation, Outcome
 from probe.query import InflightLimit, Querier, Throttle
@@ -41,6 +41,8 @@ class EngineConfig:
     diagnose: bool = True
     full_parse: bool = False  # parse every reply, even plainly secure ones
     max_auth_servers: int = 3
+    # Ask authoritative servers at non-public addresses learnt from NS lookups (labs only).
+    allow_local_auth: bool = False
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -149,7 +151,8 @@ class Engine:
         transport = Transport(timeout=cfg.timeout)
         querier = Querier(transport, retries=cfg.retries, clock=self.clock,
                           inflight=InflightLimit(cfg.max_inflight), full_parse=cfg.full_parse)
-        investigator = Investigator(querier, resolvers, max_auth_servers=cfg.max_auth_servers)
+        investigator = Investigator(querier, resolvers, max_auth_servers=cfg.max_auth_servers,
+                                    allow_local_auth=cfg.allow_local_auth)
         checks = [(z, p) for z in zones for p in z.probes]
         templates = {(p.qname, p.qtype): self._template(p) for _, p in checks}
         try:
@@ -178,12 +181,13 @@ class Engine:
         lane = _Lane()
         try:
             querier.transport.channel(r.host, r.port)
-        except Unreachable as exc:
-            # No route or no address family: say so for every check without sending anything.
+        except TransportError as exc:
+            # No route, no address family, no socket: say so for every check, sending nothing.
             now = self.clock()
+            outcome = Outcome.UNREACHABLE if isinstance(exc, Unreachable) else Outcome(exc.code)
             for i, (zone, probe) in enumerate(checks):
                 obs = Observation(r.name, r.host, r.port, probe.qname, probe.qtype, True, False,
-                                  now, Outcome.UNREACHABLE, attempts=0, detail=str(exc))
+                                  now, outcome, attempts=0, detail=str(exc))
                 res = CheckResult(r, zone, probe, obs, classify(obs))
                 results[i] = res
                 if progress:

@@ -37,7 +37,19 @@ class Unreachable(TransportError):
 
 
 class ConnectionFailed(TransportError):
-    """A TCP connection (fallback after truncation) failed or was cut."""
+    """A socket could not be set up or used (other than no route, see Unreachable)."""
+
+    code = "io-error"
+
+
+class PortUnreachable(ConnectionFailed):
+    """ICMP port unreachable: the host is up but nothing serves DNS on that port."""
+
+    code = "port-unreachable"
+
+
+class TcpFailed(ConnectionFailed):
+    """The TCP retry after a truncated UDP reply failed or was cut (RFC 7766)."""
 
     code = "tcp-failed"
 

@@ -8,7 +8,8 @@ not a few per resolver.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import ipaddress
+from collections.abc import Awaitable, Callable, Sequence
 
 from probe.diagnose import AuthEvidence, Evidence
 from probe.observation import Observation, Outcome
@@ -22,13 +23,15 @@ class Investigator:
     """Collects Evidence for failed checks within one sweep."""
 
     def __init__(self, querier: Querier, resolvers: Sequence[ResolverSpec], *,
-                 max_auth_servers: int = 3) -> None:
+                 max_auth_servers: int = 3, allow_local_auth: bool = False) -> None:
         self.q = querier
         self.resolvers = list(resolvers)
         self.max_auth_servers = max_auth_servers
+        self.allow_local_auth = allow_local_auth
         self._templates: dict[tuple[str, str, bool, bool], QueryTemplate] = {}
         self._servers: dict[str, asyncio.Task[tuple[tuple[tuple[str, int], ...], str]]] = {}
         self._auth: dict[tuple[str, str, str], asyncio.Task[tuple[AuthEvidence, ...]]] = {}
+        self._source_queries: dict[tuple[str, int, str, str], asyncio.Task[Observation]] = {}
 
     def _tmpl(self, qname: str, qtype: str, *, rd: bool = True, cd: bool = True) -> QueryTemplate:
         key = (qname, qtype, rd, cd)
@@ -88,12 +91,23 @@ class Investigator:
             addrs: list[tuple[str, int]] = []
             for obs in lookups:
                 for rr in obs.rrsets(obs.qtype, obs.qname):
-                    addrs.extend((a, 53) for a in rr.rdatas)
+                    addrs.extend((a, 53) for a in rr.rdatas if self._may_ask(a))
             if addrs:
                 # IPv4 first: more hosts have it; unreachable IPv6 servers are simply skipped.
                 addrs.sort(key=lambda a: ":" in a[0])
                 return tuple(dict.fromkeys(addrs)), "discovered"
         return (), "none"
+
+    def _may_ask(self, address: str) -> bool:
+        """Addresses learnt from DNS answers are only asked when public (a resolver's answer
+        must not point this host at its own network), unless the operator allows it (labs)."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if ip.is_multicast or ip.is_unspecified:
+            return False
+        return ip.is_global or self.allow_local_auth
 
     def _auth_for(self, zone: ZoneSpec, probe: ProbeName, servers: tuple[tuple[str, int], ...]
                   ) -> asyncio.Task[tuple[AuthEvidence, ...]]:
@@ -111,9 +125,14 @@ class Investigator:
 
         async def one(host: str, port: int) -> AuthEvidence | None:
             name = f"auth:{host}"
+
+            def ask(t: QueryTemplate) -> Callable[[], Awaitable[Observation]]:
+                return lambda: self.q.ask(name, host, port, t, triage=False)
+
+            # The DNSKEY RRset is asked once per server and zone, however many names fail.
             dnskey, answer = await asyncio.gather(
-                self.q.ask(name, host, port, dnskey_t, triage=False),
-                self.q.ask(name, host, port, answer_t, triage=False),
+                self._source_query((host, port, zone.name, "DNSKEY"), ask(dnskey_t)),
+                self._source_query((host, port, probe.qname, probe.qtype), ask(answer_t)),
             )
             if dnskey.outcome is Outcome.UNREACHABLE:
                 return None  # e.g. an IPv6 server seen from a host without IPv6
@@ -125,3 +144,10 @@ class Investigator:
             one(h, p) for h, p in servers[: 2 * self.max_auth_servers]
         ))
         return tuple(a for a in asked if a is not None)[: self.max_auth_servers]
+
+    def _source_query(self, key: tuple[str, int, str, str],
+                      factory: Callable[[], Awaitable[Observation]]) -> asyncio.Task[Observation]:
+        task = self._source_queries.get(key)
+        if task is None:
+            task = self._source_queries[key] = asyncio.ensure_future(factory())
+        return task

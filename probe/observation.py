@@ -19,6 +19,8 @@ class Outcome(StrEnum):
     UNREACHABLE = "unreachable"
     MALFORMED = "malformed-reply"
     TCP_FAILED = "tcp-failed"
+    PORT_UNREACHABLE = "port-unreachable"
+    IO_ERROR = "io-error"
     SKIPPED = "resolver-dead"
 
 

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from probe.errors import QueryTimeout, TransportError, Unreachable
+from probe.errors import TransportError, Unreachable
 from probe.observation import Observation, Outcome
 from probe.transport import RawReply, Transport
 from probe.wire import MalformedWire, QueryTemplate, parse_reply, plainly_secure
@@ -81,7 +81,7 @@ class Querier:
         throttle: Throttle | None = None,
         triage: bool = True,
     ) -> Observation:
-        started = first = self.clock()
+        first = 0.0
         attempts = 0
         detail = ""
         outcome = Outcome.TIMEOUT
@@ -89,23 +89,21 @@ class Querier:
             if throttle is not None:
                 await throttle.acquire()
             attempts += 1
-            if attempts > 1:
-                # TTLs in a reply count down from the attempt that was answered.
-                started = self.clock()
             limit = self.inflight
             if limit is not None and not limit.try_acquire():
                 await limit.acquire()
+            # Taken after the waits, just before sending: TTLs in the reply count down from here.
+            started = self.clock()
+            first = first or started
             try:
                 raw = await self.transport.exchange(host, port, tmpl)
-            except QueryTimeout as exc:
-                detail = str(exc)
-                continue  # retry
             except Unreachable as exc:
                 outcome, detail = Outcome.UNREACHABLE, str(exc)
-                break
+                break  # no route: retrying cannot help
             except TransportError as exc:
-                outcome, detail = Outcome.TCP_FAILED, str(exc)
-                break
+                # Timeouts, ICMP port unreachable (a restarting service) and TCP failures retry.
+                outcome, detail = Outcome(exc.code), str(exc)
+                continue
             finally:
                 if limit is not None:
                     limit.release()

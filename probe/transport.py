@@ -14,21 +14,35 @@ import socket
 import time
 from dataclasses import dataclass
 
-from probe.errors import ConnectionFailed, QueryTimeout, TransportError, Unreachable
+from probe.errors import (
+    ConnectionFailed,
+    PortUnreachable,
+    QueryTimeout,
+    TcpFailed,
+    TransportError,
+    Unreachable,
+)
 from probe.wire import QueryTemplate
 
-# Errors that mean "this host cannot reach that address at all" (no route, no IPv6, ICMP).
+# Errors that mean "this host cannot reach that address at all" (no route, no IPv6).
 _UNREACHABLE_ERRNOS = frozenset({
     errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT,
-    errno.ECONNREFUSED, errno.ENETDOWN, errno.EHOSTDOWN, errno.EPERM,
+    errno.ENETDOWN, errno.EHOSTDOWN, errno.EPERM,
 })
 _TICK = 0.05  # granularity of the timeout sweep; one timer per channel instead of one per query
+# Datagrams read per readiness callback: enough to drain bursts, few enough that a flooding
+# server cannot keep the event loop (and every other lane) to itself.
+_MAX_DRAIN = 256
 
 
 def _translate(exc: OSError, what: str) -> TransportError:
+    name = errno.errorcode.get(exc.errno or 0, "error")
     if exc.errno in _UNREACHABLE_ERRNOS:
-        return Unreachable(f"{what}: {errno.errorcode.get(exc.errno or 0, 'error')}")
-    return ConnectionFailed(f"{what}: {errno.errorcode.get(exc.errno or 0, 'error')}")
+        return Unreachable(f"{what}: {name}")
+    if exc.errno == errno.ECONNREFUSED:
+        # The host answered with ICMP port unreachable: it is there, its DNS service is not.
+        return PortUnreachable(f"{what}: port unreachable ({name})")
+    return ConnectionFailed(f"{what}: {name}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +147,7 @@ class UdpChannel:
     def _on_readable(self) -> None:
         pending = self._pending
         now = time.perf_counter()
-        while True:
+        for _ in range(_MAX_DRAIN):
             try:
                 data = self._sock.recv(65535)
             except BlockingIOError:
@@ -221,11 +235,11 @@ async def tcp_exchange(host: str, port: int, tmpl: QueryTemplate, *, timeout: fl
     except TimeoutError:
         raise QueryTimeout(f"no TCP reply within {timeout:g}s") from None
     except asyncio.IncompleteReadError:
-        raise ConnectionFailed("TCP connection closed mid-reply") from None
+        raise TcpFailed("TCP connection closed mid-reply") from None
     except OSError as exc:
         # The server just answered over UDP, so a refused TCP connection is a TCP failure
         # (RFC 7766 requires TCP), not "unreachable".
-        raise ConnectionFailed(f"tcp: {errno.errorcode.get(exc.errno or 0, 'error')}") from None
+        raise TcpFailed(f"tcp: {errno.errorcode.get(exc.errno or 0, 'error')}") from None
     finally:
         if writer is not None:
             writer.close()
@@ -250,7 +264,9 @@ class Transport:
         """One attempt: UDP, then TCP when the UDP reply is truncated."""
         reply = await self.channel(host, port).send(tmpl)
         if reply.data[2] & 0x02:  # TC
-            return await tcp_exchange(host, port, tmpl, timeout=self.timeout)
+            tcp = await tcp_exchange(host, port, tmpl, timeout=self.timeout)
+            # Count from the UDP send: TTLs in the reply run from about then.
+            return RawReply(tcp.data, reply.rtt + tcp.rtt, "tcp")
         return reply
 
     def close(self) -> None:

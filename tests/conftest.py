@@ -14,7 +14,7 @@ from probe.resolvers import ResolverSpec
 from probe.zones import ProbeName, ZoneSpec
 
 # Lab tests wait for short TTLs; queries go only to 127.53.x.x.
-LAB_CONFIG = EngineConfig(qps=0, timeout=1.0, retries=1, per_resolver=8)
+LAB_CONFIG = EngineConfig(qps=0, timeout=1.0, retries=1, per_resolver=8, allow_local_auth=True)
 
 
 @pytest.fixture(scope="session")

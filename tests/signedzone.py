@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 
 import dns.dnssec
 import dns.name
+import dns.rdatatype
 import dns.rrset
 from cryptography.hazmat.primitives.asymmetric import ec
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
 from probe.observation import (
+    FLAG_AA,
     FLAG_AD,
     FLAG_QR,
     FLAG_RA,
@@ -79,18 +81,38 @@ class SignedZone:
         data = RRsetObs(qname, qtype, self.record_ttl, tuple(sorted(texts)), sigs)
         return self._obs(server, qname, qtype, (data,), cd=cd)
 
-    def ds_obs(self, key: Key | None = None) -> Observation:
-        ds = dns.dnssec.make_ds(self.name, (key or self.ksk).dnskey, "SHA256")
+    def denial_obs(self, qname: str, qtype: str, key: Key, *, server: str = "auth:x",
+                   cd: bool = False) -> Observation:
+        """NXDOMAIN for `qname`: SOA and an NSEC covering the name, both signed by `key`."""
+        soa = self._rrset(self.name, "SOA", self.record_ttl,
+                          [f"ns1.{self.name} hostmaster.{self.name} 1 3600 600 86400 60"])
+        nsec = self._rrset(self.name, "NSEC", self.record_ttl, [f"zz.{self.name} SOA NS RRSIG NSEC DNSKEY"])
+        authority = tuple(
+            RRsetObs(r.name.to_text(), dns.rdatatype.to_text(r.rdtype), r.ttl,
+                     tuple(x.to_text() for x in r), (self._sign(r, key),))
+            for r in (soa, nsec)
+        )
+        obs = self._obs(server, qname, qtype, (), cd=cd)
+        return Observation.from_dict({**obs.to_dict(), "rcode": 3,
+                                      "authority": [
+                                          {"name": a.name, "rdtype": a.rdtype, "ttl": a.ttl,
+                                           "rdatas": list(a.rdatas), "rrsigs": list(a.rrsigs)}
+                                          for a in authority]})
+
+    def ds_obs(self, key: Key | None = None, digest: str = "SHA256") -> Observation:
+        ds = dns.dnssec.make_ds(self.name, (key or self.ksk).dnskey, digest, validating=True)
         data = RRsetObs(self.name, "DS", 3600, (ds.to_text(),), ())
         return self._obs("res", self.name, "DS", (data,), cd=True)
 
     def _obs(self, server: str, qname: str, qtype: str, answer: tuple[RRsetObs, ...], *,
              cd: bool, started: float | None = None) -> Observation:
+        auth = server.startswith("auth")
+        # An authoritative server sets AA; a resolver sets RD/RA and AD unless CD was asked.
+        flags = FLAG_QR | FLAG_AA if auth else FLAG_QR | FLAG_RD | FLAG_RA | (0 if cd else FLAG_AD)
         return Observation(
-            server, "192.0.2.1", 53, qname, qtype, rd=not server.startswith("auth"), cd=cd,
+            server, "192.0.2.1", 53, qname, qtype, rd=not auth, cd=cd,
             started=self.now if started is None else started, outcome=Outcome.REPLY,
-            rtt_ms=10.0, rcode=0, flags=FLAG_QR | FLAG_RD | FLAG_RA | (0 if cd else FLAG_AD),
-            answer=answer,
+            rtt_ms=10.0, rcode=0, flags=flags, answer=answer,
         )
 
 

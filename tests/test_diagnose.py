@@ -182,3 +182,62 @@ def test_names_inside_rdata_verify(z: SignedZone, qname: str, qtype: str, texts:
     ev = Evidence(ZONE, qname, qtype, cached_dnskey=z.dnskey_obs([z.ksk, z.zsk], cd=True),
                   cached_ds=z.ds_obs(), auth=(auth,))
     assert diagnose(ev, now=NOW).kind is DiagnosisKind.STALE_DNSKEY_CACHE
+
+
+def test_a_lame_server_does_not_make_the_source_bogus(z: SignedZone) -> None:
+    good = AuthEvidence("192.0.2.1", z.dnskey_obs([z.ksk, z.standby]),
+                        z.record_obs(QNAME, "PTR", PTR, z.standby))
+    refused = Observation("auth:192.0.2.2", "192.0.2.2", 53, ZONE, "DNSKEY", False, False, NOW,
+                          Outcome.REPLY, rtt_ms=1.0, rcode=5, flags=0x8000)
+    lame = AuthEvidence("192.0.2.2", refused, refused)
+    ev = cutover_evidence(z)
+    ev = Evidence(ZONE, QNAME, "PTR", ev.cd_answer, ev.cached_dnskey, ev.cached_ds, (good, lame))
+    d = diagnose(ev, now=NOW)
+    assert d.kind is DiagnosisKind.STALE_DNSKEY_CACHE
+
+
+def test_sha1_ds_still_matches(z: SignedZone) -> None:
+    auth = AuthEvidence("192.0.2.1", z.dnskey_obs([z.ksk, z.zsk]),
+                        z.record_obs(QNAME, "PTR", PTR, z.zsk))
+    ev = Evidence(ZONE, QNAME, "PTR", cached_dnskey=z.dnskey_obs([z.ksk, z.zsk], cd=True),
+                  cached_ds=z.ds_obs(digest="SHA1"), auth=(auth,))
+    assert diagnose(ev, now=NOW).reasons == ("cache-matches-source",)
+
+
+def test_double_signature_with_one_cached_key_is_not_stale(z: SignedZone) -> None:
+    """RFC 6781 §4.1.1.2: signed by old and new ZSK; the cached old one validates."""
+    old = z.record_obs(QNAME, "PTR", PTR, z.zsk)
+    new = z.record_obs(QNAME, "PTR", PTR, z.standby)
+    both = Observation.from_dict({**old.to_dict(), "answer": [{
+        **old.to_dict()["answer"][0],
+        "rrsigs": [*old.answer[0].rrsigs, *new.answer[0].rrsigs]}]})
+    auth = AuthEvidence("192.0.2.1", z.dnskey_obs([z.ksk, z.zsk, z.standby]), both)
+    ev = Evidence(ZONE, QNAME, "PTR", cached_dnskey=z.dnskey_obs([z.ksk, z.zsk], cd=True),
+                  cached_ds=z.ds_obs(), auth=(auth,))
+    d = diagnose(ev, now=NOW)
+    assert d.kind is DiagnosisKind.UNKNOWN
+    c = classify(servfail(QNAME, "PTR", ede=(22,)), diagnosis=d)
+    assert c.verdict is Verdict.SERVFAIL  # EDE 22 is no validation failure; nothing made it one
+
+
+def test_denial_signed_by_uncached_key_is_stale(z: SignedZone) -> None:
+    missing = "9.9.14.in-addr.arpa."
+    auth = AuthEvidence("192.0.2.1", z.dnskey_obs([z.ksk, z.standby]),
+                        z.denial_obs(missing, "PTR", z.standby))
+    ev = Evidence(ZONE, missing, "PTR", cached_dnskey=z.dnskey_obs([z.ksk, z.zsk], cd=True),
+                  cached_ds=z.ds_obs(), auth=(auth,))
+    d = diagnose(ev, now=NOW)
+    assert d.kind is DiagnosisKind.STALE_DNSKEY_CACHE
+    assert d.rrsig_keytags == (z.standby.tag,)
+    # ... and an unsigned NSEC at the source is bogus there.
+    bad = AuthEvidence("192.0.2.1", z.dnskey_obs([z.ksk, z.zsk]),
+                       z.denial_obs(missing, "PTR", make_key()))
+    d = diagnose(Evidence(ZONE, missing, "PTR", cached_ds=z.ds_obs(), auth=(bad,)), now=NOW)
+    assert d.kind is DiagnosisKind.BOGUS_AT_SOURCE and "rrsig-unknown-key" in d.reasons
+
+
+def test_hidden_cache_is_unknown_with_a_reason(z: SignedZone) -> None:
+    ev = cutover_evidence(z)
+    hidden = Evidence(ZONE, QNAME, "PTR", ev.cd_answer, servfail(ZONE, "DNSKEY"), ev.cached_ds,
+                      ev.auth)
+    assert diagnose(hidden, now=NOW).reasons == ("cache-hidden",)

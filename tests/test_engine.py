@@ -3,13 +3,15 @@ resolvers next to healthy ones, and follow-up questions shared between resolvers
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 
 import dns.flags
 import dns.rcode
 import dns.rdatatype
-from fakedns import HOST, FakeDNS, Request, default_answer, make_reply
+import pytest
+from fakedns import HOST, FakeDNS, Request, default_answer, make_reply, rrset
 
 from probe.codes import Verdict
 from probe.engine import CheckResult, Engine, EngineConfig
@@ -56,18 +58,57 @@ async def test_dead_resolver_does_not_delay_the_others() -> None:
     assert elapsed < 4 * cfg.timeout * (cfg.retries + 1)
 
 
-async def test_unreachable_resolver_is_not_a_zone_failure() -> None:
+async def test_unreachable_resolver_is_not_a_zone_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, addr: tuple[str, int]) -> None:
+        if addr[1] == 9:  # "no route" for this one resolver: a fault loopback cannot produce
+            raise OSError(errno.ENETUNREACH, "injected")
+        real_connect(self, addr)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
     cfg = EngineConfig(qps=0, timeout=0.5, retries=0)
     with FakeDNS(secure) as good:
         results = await Engine(cfg).sweep(
-            ZONES[:3], [ResolverSpec("ok", HOST, good.port),
-                        ResolverSpec("gone", HOST, closed_port())])
+            ZONES[:3], [ResolverSpec("ok", HOST, good.port), ResolverSpec("gone", HOST, 9)])
     gone = [r for r in results if r.resolver.name == "gone"]
     assert {r.classification.verdict for r in gone} == {Verdict.UNREACHABLE}
+    assert all(r.observation.attempts == 0 for r in gone)  # nothing was sent
     assert exit_status(results) == 0
     assert "unreachable from this host (not a zone failure): gone" in summary(results)
     # All unreachable: nothing could be checked at all.
     assert exit_status(gone) == 3
+
+
+async def test_closed_port_is_a_warning_not_unreachable() -> None:
+    """ICMP port unreachable: the resolver's host is up but its DNS service is down."""
+    cfg = EngineConfig(qps=0, timeout=0.5, retries=1)
+    with FakeDNS(secure) as good:
+        results = await Engine(cfg).sweep(
+            ZONES[:3], [ResolverSpec("ok", HOST, good.port),
+                        ResolverSpec("down", HOST, closed_port())])
+    down = [r for r in results if r.resolver.name == "down"]
+    assert {(r.classification.verdict, r.classification.reason) for r in down} == {
+        (Verdict.ERROR, "port-unreachable")}
+    assert exit_status(results) == 1
+
+
+async def test_socket_failure_at_setup_keeps_the_other_lanes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, addr: tuple[str, int]) -> None:
+        if addr[1] == 9:
+            raise OSError(errno.EACCES, "injected")
+        real_connect(self, addr)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    with FakeDNS(secure) as good:
+        results = await Engine(EngineConfig(qps=0, timeout=0.5, retries=0)).sweep(
+            ZONES[:2], [ResolverSpec("ok", HOST, good.port), ResolverSpec("bad", HOST, 9)])
+    assert {(r.resolver.name, r.classification.verdict.value) for r in results} == {
+        ("ok", "secure"), ("bad", "error")}
 
 
 async def test_follow_ups_share_authoritative_questions_between_resolvers() -> None:
@@ -78,7 +119,9 @@ async def test_follow_ups_share_authoritative_questions_between_resolvers() -> N
         return make_reply(q, rcode=dns.rcode.SERVFAIL, ad=False)
 
     def authoritative(req: Request) -> bytes:
-        return make_reply(req.message, ad=False, answer=default_answer(req.message))
+        wire = bytearray(make_reply(req.message, ad=False, answer=default_answer(req.message)))
+        wire[2] = (wire[2] | 0x04) & ~0x01  # AA=1, RD=0: the zone's own answer
+        return bytes(wire)
 
     cfg = EngineConfig(qps=0, timeout=0.5, retries=0)
     with FakeDNS(authoritative) as auth, FakeDNS(failing_resolver) as r1, \
@@ -98,3 +141,25 @@ async def test_follow_ups_share_authoritative_questions_between_resolvers() -> N
         # The fake source serves no DNSKEY and the parent no DS: not a signing fault there.
         assert r.diagnosis.kind.value == "unknown"
         assert r.diagnosis.reasons == ("zone-unsigned",)
+
+
+@pytest.mark.parametrize("allow", [False, True])
+async def test_discovered_local_addresses_need_permission(allow: bool) -> None:
+    """A resolver's answer must not point the probe at this host's own network unasked."""
+
+    def resolver(req: Request) -> bytes:
+        q = req.message
+        name, rdtype = q.question[0].name.to_text(), q.question[0].rdtype
+        if rdtype == dns.rdatatype.NS:
+            return make_reply(q, ad=False, answer=[rrset(name, "NS", "ns1.example.")])
+        if rdtype == dns.rdatatype.A and name == "ns1.example.":
+            return make_reply(q, ad=False, answer=[rrset(name, "A", "127.0.0.1")])
+        if q.flags & dns.flags.CD:
+            return make_reply(q, ad=False, answer=default_answer(q))
+        return make_reply(q, rcode=dns.rcode.SERVFAIL, ad=False)
+
+    cfg = EngineConfig(qps=0, timeout=0.3, retries=0, allow_local_auth=allow)
+    with FakeDNS(resolver) as r1:
+        (res,) = await Engine(cfg).sweep(ZONES[:1], [ResolverSpec("r1", HOST, r1.port)])
+    assert res.evidence is not None
+    assert res.evidence.auth_source == ("discovered" if allow else "none")

@@ -14,7 +14,7 @@ import dns.rcode
 import pytest
 from fakedns import HOST, FakeDNS, RawTcp, Request, default_answer, make_reply, rrset, with_id
 
-from probe.errors import ConnectionFailed, QueryTimeout, Unreachable
+from probe.errors import ConnectionFailed, PortUnreachable, QueryTimeout, TcpFailed, Unreachable
 from probe.observation import EdeObs, Outcome
 from probe.query import Querier
 from probe.transport import Transport, UdpChannel, tcp_exchange
@@ -154,7 +154,9 @@ async def test_late_reply_after_timeout_counts_as_stray() -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-async def test_nothing_listening_gives_unreachable(host: str) -> None:
+async def test_nothing_listening_gives_port_unreachable(host: str) -> None:
+    """ICMP port unreachable: the host is there, its DNS service is not (a finding, unlike
+    'no route', which only says something about this host)."""
     try:
         port = free_port(host=host)
     except OSError:
@@ -163,7 +165,7 @@ async def test_nothing_listening_gives_unreachable(host: str) -> None:
     try:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        with pytest.raises(Unreachable, match="ECONNREFUSED"):
+        with pytest.raises(PortUnreachable, match="ECONNREFUSED"):
             await ch.send(make_template(QNAME, "PTR"))
         # ICMP port unreachable, not the timeout.
         assert loop.time() - start < 2.5
@@ -287,7 +289,7 @@ async def test_tcp_connection_cut_mid_reply_is_connection_failed() -> None:
     def cut(req: Request) -> RawTcp:
         return RawTcp(b"\x01\x00" + _full_over_tcp(req)[:40])  # says 256 bytes, sends 40
 
-    with FakeDNS(None, cut) as srv, pytest.raises(ConnectionFailed):
+    with FakeDNS(None, cut) as srv, pytest.raises(TcpFailed):
         await tcp_exchange(srv.host, srv.port, make_template(QNAME, "PTR"), timeout=2.0)
 
 
@@ -299,7 +301,7 @@ async def test_silent_tcp_server_times_out() -> None:
 async def test_tcp_refused_after_truncated_udp_reply_is_tcp_failure(transport: Transport) -> None:
     # tcp=None: nothing listens on TCP at that port. The server answered over UDP, so this is a
     # TCP failure (a warning), not "unreachable" (which would not count as a finding).
-    with FakeDNS(_truncated, None) as srv, pytest.raises(ConnectionFailed):
+    with FakeDNS(_truncated, None) as srv, pytest.raises(TcpFailed):
         await transport.exchange(srv.host, srv.port, make_template(QNAME, "PTR"))
 
 
@@ -343,14 +345,53 @@ async def test_querier_gives_up_after_all_retries() -> None:
     assert "no reply" in obs.detail
 
 
-async def test_querier_unreachable_does_not_retry() -> None:
+async def test_querier_retries_a_closed_port_then_reports_it() -> None:
     q = querier(timeout=3.0, retries=2)
     try:
         obs = await q.ask("nobody", HOST, free_port(), make_template(QNAME, "PTR"))
     finally:
         q.transport.close()
+    assert obs.outcome is Outcome.PORT_UNREACHABLE  # a restarting service gets its retries
+    assert obs.attempts == 3
+
+
+async def test_querier_no_route_does_not_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_route(self: socket.socket, addr: object) -> None:
+        raise OSError(errno.ENETUNREACH, "injected")
+
+    # A host without a route (e.g. no IPv6) is a fault loopback cannot produce: inject it.
+    monkeypatch.setattr(socket.socket, "connect", no_route)
+    q = querier(timeout=3.0, retries=2)
+    try:
+        obs = await q.ask("nobody", HOST, 53, make_template(QNAME, "PTR"))
+    finally:
+        q.transport.close()
     assert obs.outcome is Outcome.UNREACHABLE
     assert obs.attempts == 1
+
+
+async def test_started_is_taken_after_the_rate_limit_wait() -> None:
+    """TTLs count down from the send; queueing behind the throttle must not shift that."""
+    from probe.engine import make_throttle
+
+    received: list[float] = []
+
+    def stamp(req: Request) -> bytes:
+        received.append(time.time())
+        return secure(req)
+
+    throttle = make_throttle(2.0)  # one query per 0.5 s
+    q = querier(timeout=3.0, retries=0)
+    with FakeDNS(stamp) as srv:
+        try:
+            obs = await asyncio.gather(*(
+                q.ask("r", srv.host, srv.port, make_template(QNAME, "PTR"), throttle=throttle)
+                for _ in range(3)))
+        finally:
+            q.transport.close()
+    assert len(received) == 3
+    for o, at in zip(sorted(obs, key=lambda o: o.started), sorted(received), strict=True):
+        assert abs(o.started - at) < 0.2, (o.started, at)
 
 
 async def test_querier_turns_matching_garbage_into_malformed() -> None:
