@@ -83,6 +83,7 @@ class CheckResult:
             "address": self.resolver.address,
             "operator": self.resolver.operator,
             "zone": self.zone.name,
+            "label": self.zone.label,
             "qname": self.probe.qname,
             "qtype": self.probe.qtype,
             "verdict": self.classification.verdict.value,

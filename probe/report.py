@@ -110,8 +110,9 @@ def render_table(results: Sequence[CheckResult], console: Console) -> None:
         verdict = r.classification.verdict
         rcode = r.to_json()["rcode"] or "-"
         ede = ",".join(str(e.code) for e in o.ede) or "-"
+        zone = r.zone.name.rstrip(".")
         table.add_row(
-            r.zone.name.rstrip("."),
+            f"{zone} ({r.zone.label})" if r.zone.label else zone,
             r.resolver.name,
             r.resolver.address,
             Text(verdict.value, style=_STYLE[verdict]),
