@@ -152,13 +152,16 @@ class Engine:
         transport = Transport(timeout=cfg.timeout)
         querier = Querier(transport, retries=cfg.retries, clock=self.clock,
                           inflight=InflightLimit(cfg.max_inflight), full_parse=cfg.full_parse)
-        investigator = Investigator(querier, resolvers, max_auth_servers=cfg.max_auth_servers,
+        throttles = {r.name: make_throttle(cfg.qps) for r in resolvers}
+        investigator = Investigator(querier, resolvers, throttles=throttles,
+                                    max_auth_servers=cfg.max_auth_servers,
                                     allow_local_auth=cfg.allow_local_auth)
         checks = [(z, p) for z in zones for p in z.probes]
         templates = {(p.qname, p.qtype): self._template(p) for _, p in checks}
         try:
             lanes = await asyncio.gather(*(
-                self._lane(r, checks, templates, querier, investigator, progress)
+                self._lane(r, checks, templates, throttles[r.name], querier, investigator,
+                           progress)
                 for r in resolvers
             ))
         finally:
@@ -172,13 +175,13 @@ class Engine:
         r: ResolverSpec,
         checks: list[tuple[ZoneSpec, ProbeName]],
         templates: dict[tuple[str, str], QueryTemplate],
+        throttle: Throttle | None,
         querier: Querier,
         investigator: Investigator,
         progress: Progress | None,
     ) -> list[CheckResult]:
         cfg = self.config
         results: list[CheckResult | None] = [None] * len(checks)
-        throttle = make_throttle(cfg.qps)
         lane = _Lane()
         try:
             querier.transport.channel(r.host, r.port)
@@ -215,7 +218,7 @@ class Engine:
                 cls = classify(obs)
                 evidence = diag = None
                 if cls.needs_diagnosis and cfg.diagnose:
-                    evidence = await investigator.collect(r, zone, probe, throttle)
+                    evidence = await investigator.collect(r, zone, probe)
                     diag = diagnose(evidence, now=self.clock())
                     cls = classify(obs, cd_answer=evidence.cd_answer, diagnosis=diag)
                 res = CheckResult(r, zone, probe, obs, cls, evidence, diag)

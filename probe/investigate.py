@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from probe.diagnose import AuthEvidence, Evidence
 from probe.observation import Observation, Outcome
@@ -23,9 +23,12 @@ class Investigator:
     """Collects Evidence for failed checks within one sweep."""
 
     def __init__(self, querier: Querier, resolvers: Sequence[ResolverSpec], *,
+                 throttles: Mapping[str, Throttle | None] | None = None,
                  max_auth_servers: int = 3, allow_local_auth: bool = False) -> None:
         self.q = querier
         self.resolvers = list(resolvers)
+        # Follow-ups to a resolver share its lane's rate limit, whichever lane asks.
+        self.throttles = dict(throttles or {})
         self.max_auth_servers = max_auth_servers
         self.allow_local_auth = allow_local_auth
         self._templates: dict[tuple[str, str, bool, bool], QueryTemplate] = {}
@@ -40,17 +43,15 @@ class Investigator:
             t = self._templates[key] = make_template(qname, qtype, rd=rd, cd=cd)
         return t
 
-    async def _ask(self, r: ResolverSpec, qname: str, qtype: str,
-                   throttle: Throttle | None) -> Observation:
+    async def _ask(self, r: ResolverSpec, qname: str, qtype: str) -> Observation:
         return await self.q.ask(r.name, r.host, r.port, self._tmpl(qname, qtype),
-                                throttle=throttle, triage=False)
+                                throttle=self.throttles.get(r.name), triage=False)
 
-    async def collect(self, resolver: ResolverSpec, zone: ZoneSpec, probe: ProbeName,
-                      throttle: Throttle | None = None) -> Evidence:
+    async def collect(self, resolver: ResolverSpec, zone: ZoneSpec, probe: ProbeName) -> Evidence:
         cd_answer, cached_dnskey, cached_ds = await asyncio.gather(
-            self._ask(resolver, probe.qname, probe.qtype, throttle),
-            self._ask(resolver, zone.name, "DNSKEY", throttle),
-            self._ask(resolver, zone.name, "DS", throttle),
+            self._ask(resolver, probe.qname, probe.qtype),
+            self._ask(resolver, zone.name, "DNSKEY"),
+            self._ask(resolver, zone.name, "DS"),
         )
         servers, source = await self._servers_for(zone, resolver)
         notes: list[str] = []
@@ -81,12 +82,12 @@ class Investigator:
         # The failing resolver first; others in case it refuses even CD=1 answers (PowerDNS).
         order = [first, *[r for r in self.resolvers if r != first][:2]]
         for r in order:
-            ns_obs = await self._ask(r, zone.name, "NS", None)
+            ns_obs = await self._ask(r, zone.name, "NS")
             names = sorted({rd for rr in ns_obs.rrsets("NS", zone.name) for rd in rr.rdatas})
             if not names:
                 continue
             lookups = await asyncio.gather(*(
-                self._ask(r, name, rtype, None) for name in names for rtype in ("A", "AAAA")
+                self._ask(r, name, rtype) for name in names for rtype in ("A", "AAAA")
             ))
             addrs: list[tuple[str, int]] = []
             for obs in lookups:
