@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import traceback
@@ -12,8 +13,10 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from probe import __version__
+from probe.codes import REASONS, SEVERITY, DiagnosisKind, Verdict
 from probe.engine import CheckResult, Engine, EngineConfig
 from probe.errors import ConfigError
 from probe.report import EXIT_UNKNOWN, exit_status, render_table, to_json
@@ -155,6 +158,27 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
     if interrupted:
         click.echo(f"interrupted: {len(results)} of {total} checks done", err=True)
     sys.exit(EXIT_UNKNOWN if interrupted else exit_status(results))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+def codes(as_json: bool) -> None:
+    """List every verdict, diagnosis and reason code with what it means and its reference."""
+    if as_json:
+        click.echo(json.dumps({
+            "verdicts": {v.value: SEVERITY[v].value for v in Verdict},
+            "diagnoses": [k.value for k in DiagnosisKind],
+            "reasons": {r.code: {"meaning": r.meaning, "reference": r.reference}
+                        for r in REASONS.values()},
+        }, indent=2))
+        return
+    console = Console()
+    table = Table("reason", "meaning", "reference", title="reason codes")
+    for r in REASONS.values():
+        table.add_row(r.code, r.meaning, r.reference)
+    console.print(table)
+    console.print("verdicts: " + ", ".join(f"{v.value} ({SEVERITY[v].value})" for v in Verdict))
+    console.print("diagnoses: " + ", ".join(k.value for k in DiagnosisKind))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
