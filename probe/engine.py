@@ -183,29 +183,26 @@ class Engine:
         cfg = self.config
         results: list[CheckResult | None] = [None] * len(checks)
         lane = _Lane()
+        unsendable: tuple[Outcome, str] | None = None
         try:
             querier.transport.channel(r.host, r.port)
         except TransportError as exc:
             # No route, no address family, no socket: say so for every check, sending nothing.
-            now = self.clock()
             outcome = Outcome.UNREACHABLE if isinstance(exc, Unreachable) else Outcome(exc.code)
-            for i, (zone, probe) in enumerate(checks):
-                obs = Observation(r.name, r.host, r.port, probe.qname, probe.qtype, True, False,
-                                  now, outcome, attempts=0, detail=str(exc))
-                res = CheckResult(r, zone, probe, obs, classify(obs))
-                results[i] = res
-                if progress:
-                    progress(res)
-            return [x for x in results if x is not None]
+            unsendable = (outcome, str(exc))
+
+        def unsent(probe: ProbeName, outcome: Outcome, detail: str) -> Observation:
+            return Observation(r.name, r.host, r.port, probe.qname, probe.qtype, True, False,
+                               self.clock(), outcome, attempts=0, detail=detail)
 
         work = iter(enumerate(checks))
 
         async def worker() -> None:
             for i, (zone, probe) in work:
-                if lane.dead:
-                    obs = Observation(r.name, r.host, r.port, probe.qname, probe.qtype, True,
-                                      False, self.clock(), Outcome.SKIPPED, attempts=0,
-                                      detail=f"{cfg.dead_after} consecutive timeouts")
+                if unsendable is not None:
+                    obs = unsent(probe, *unsendable)
+                elif lane.dead:
+                    obs = unsent(probe, Outcome.SKIPPED, f"{cfg.dead_after} consecutive timeouts")
                 else:
                     obs = await querier.ask(r.name, r.host, r.port,
                                             templates[(probe.qname, probe.qtype)],
