@@ -52,9 +52,3 @@ class TcpFailed(ConnectionFailed):
     """The TCP retry after a truncated UDP reply failed or was cut (RFC 7766)."""
 
     code = "tcp-failed"
-
-
-class MalformedReply(TransportError):
-    """A reply matched our query but could not be parsed."""
-
-    code = "malformed-reply"

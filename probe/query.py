@@ -94,7 +94,8 @@ class Querier:
                 await limit.acquire()
             # Taken after the waits, just before sending: TTLs in the reply count down from here.
             started = self.clock()
-            first = first or started
+            if attempts == 1:
+                first = started
             try:
                 raw = await self.transport.exchange(host, port, tmpl)
             except Unreachable as exc:
