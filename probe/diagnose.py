@@ -321,7 +321,8 @@ def _ds_matches(zone: str, key: DNSKEY, ds: DS) -> bool:
         return False
 
 
-def _tags(ts: Iterable[int]) -> str:
+def format_tags(ts: Iterable[int]) -> str:
+    """Key tags for people: sorted, comma-separated, "none" when empty."""
     return ", ".join(str(t) for t in sorted(ts)) or "none"
 
 
@@ -371,8 +372,8 @@ def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
         why = "; ".join(ev.notes) or "the authoritative servers could not be asked"
         if sig_tags and cached_tags and not sig_tags & set(cached_tags):
             return make(DiagnosisKind.UNKNOWN, ["no-authoritative-data"],
-                        f"signatures use key {_tags(sig_tags)}, the resolver caches keys "
-                        f"{_tags(cached_tags)}; not confirmed at the source: {why}")
+                        f"signatures use key {format_tags(sig_tags)}, the resolver caches keys "
+                        f"{format_tags(cached_tags)}; not confirmed at the source: {why}")
         return make(DiagnosisKind.UNKNOWN, ["no-authoritative-data"], why)
 
     if not cached_tags:
@@ -390,8 +391,8 @@ def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
             recovers_at = received + cached_ttl
             recovers_in = max(0, math.ceil(recovers_at - now))
         detail = (
-            f"signed by key {_tags(missing)}, published at the source, but the resolver "
-            f"caches DNSKEY set {_tags(cached_tags)}"
+            f"signed by key {format_tags(missing)}, published at the source, but the resolver "
+            f"caches DNSKEY set {format_tags(cached_tags)}"
         )
         if recovers_in is not None:
             detail += (
@@ -403,5 +404,5 @@ def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
                     recovers_in, recovers_at)
 
     return make(DiagnosisKind.UNKNOWN, ["cache-matches-source"],
-                f"the resolver caches the keys that sign the data ({_tags(cached_tags)}); "
+                f"the resolver caches the keys that sign the data ({format_tags(cached_tags)}); "
                 "it may still serve a cached bogus result for a short while")

@@ -24,7 +24,7 @@ from probe.observation import Observation, Outcome
 from probe.query import InflightLimit, Querier, Throttle
 from probe.resolvers import ResolverSpec
 from probe.transport import Transport
-from probe.wire import QueryTemplate, make_template
+from probe.wire import QueryTemplate, TemplateCache
 from probe.zones import ProbeName, ZoneSpec
 
 
@@ -75,6 +75,11 @@ class CheckResult:
     def severity(self) -> Severity:
         return severity(self.classification.verdict, self.zone.expect)
 
+    @property
+    def rcode_text(self) -> str | None:
+        rcode = self.observation.rcode
+        return None if rcode is None else dns.rcode.to_text(dns.rcode.Rcode(rcode))
+
     def to_json(self, *, raw: bool = False) -> dict[str, Any]:
         """The stable --json shape; scripts depend on these names."""
         o = self.observation
@@ -89,7 +94,7 @@ class CheckResult:
             "verdict": self.classification.verdict.value,
             "reason": self.classification.reason,
             "severity": self.severity.value,
-            "rcode": dns.rcode.to_text(dns.rcode.Rcode(o.rcode)) if o.rcode is not None else None,
+            "rcode": self.rcode_text,
             "ad": o.ad if o.outcome is Outcome.REPLY else None,
             "ede": [{"code": e.code, "text": e.text} for e in o.ede],
             "rtt_ms": None if o.rtt_ms is None else round(o.rtt_ms, 3),
@@ -130,16 +135,8 @@ class Engine:
     def __init__(self, config: EngineConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
-        # Query wire is built once per (qname, qtype) for the engine's life: building costs
-        # far more than sending, and a daemon asks the same names every round.
-        self._templates: dict[tuple[str, str], QueryTemplate] = {}
-
-    def _template(self, p: ProbeName) -> QueryTemplate:
-        key = (p.qname, p.qtype)
-        t = self._templates.get(key)
-        if t is None:
-            t = self._templates[key] = make_template(p.qname, p.qtype)
-        return t
+        # Kept for the engine's life, shared by the sweep and its follow-up questions.
+        self.templates = TemplateCache()
 
     async def sweep(
         self,
@@ -153,11 +150,11 @@ class Engine:
         querier = Querier(transport, retries=cfg.retries, clock=self.clock,
                           inflight=InflightLimit(cfg.max_inflight), full_parse=cfg.full_parse)
         throttles = {r.name: make_throttle(cfg.qps) for r in resolvers}
-        investigator = Investigator(querier, resolvers, throttles=throttles,
+        investigator = Investigator(querier, resolvers, self.templates, throttles=throttles,
                                     max_auth_servers=cfg.max_auth_servers,
                                     allow_local_auth=cfg.allow_local_auth)
         checks = [(z, p) for z in zones for p in z.probes]
-        templates = {(p.qname, p.qtype): self._template(p) for _, p in checks}
+        templates = {(p.qname, p.qtype): self.templates.get(p.qname, p.qtype) for _, p in checks}
         try:
             lanes = await asyncio.gather(*(
                 self._lane(r, checks, templates, throttles[r.name], querier, investigator,

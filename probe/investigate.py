@@ -9,20 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 from probe.diagnose import AuthEvidence, Evidence
 from probe.observation import Observation, Outcome
 from probe.query import Querier, Throttle
 from probe.resolvers import ResolverSpec
-from probe.wire import QueryTemplate, make_template
+from probe.wire import QueryTemplate, TemplateCache
 from probe.zones import ProbeName, ZoneSpec
+
+K = TypeVar("K")
+T = TypeVar("T")
+
+
+def _once(cache: dict[K, asyncio.Task[T]], key: K,
+          start: Callable[[], Coroutine[Any, Any, T]]) -> asyncio.Task[T]:
+    """The task for `key`, started on first use: concurrent callers share one piece of I/O."""
+    task = cache.get(key)
+    if task is None:
+        task = cache[key] = asyncio.ensure_future(start())
+    return task
 
 
 class Investigator:
     """Collects Evidence for failed checks within one sweep."""
 
-    def __init__(self, querier: Querier, resolvers: Sequence[ResolverSpec], *,
+    def __init__(self, querier: Querier, resolvers: Sequence[ResolverSpec],
+                 templates: TemplateCache, *,
                  throttles: Mapping[str, Throttle | None] | None = None,
                  max_auth_servers: int = 3, allow_local_auth: bool = False) -> None:
         self.q = querier
@@ -31,20 +45,15 @@ class Investigator:
         self.throttles = dict(throttles or {})
         self.max_auth_servers = max_auth_servers
         self.allow_local_auth = allow_local_auth
-        self._templates: dict[tuple[str, str, bool, bool], QueryTemplate] = {}
+        self.templates = templates
         self._servers: dict[str, asyncio.Task[tuple[tuple[tuple[str, int], ...], str]]] = {}
         self._auth: dict[tuple[str, str, str], asyncio.Task[tuple[AuthEvidence, ...]]] = {}
         self._source_queries: dict[tuple[str, int, str, str], asyncio.Task[Observation]] = {}
 
-    def _tmpl(self, qname: str, qtype: str, *, rd: bool = True, cd: bool = True) -> QueryTemplate:
-        key = (qname, qtype, rd, cd)
-        t = self._templates.get(key)
-        if t is None:
-            t = self._templates[key] = make_template(qname, qtype, rd=rd, cd=cd)
-        return t
-
     async def _ask(self, r: ResolverSpec, qname: str, qtype: str) -> Observation:
-        return await self.q.ask(r.name, r.host, r.port, self._tmpl(qname, qtype),
+        # Follow-ups to a resolver use CD=1: show what it holds, validated or not.
+        tmpl = self.templates.get(qname, qtype, cd=True)
+        return await self.q.ask(r.name, r.host, r.port, tmpl,
                                 throttle=self.throttles.get(r.name), triage=False)
 
     async def collect(self, resolver: ResolverSpec, zone: ZoneSpec, probe: ProbeName) -> Evidence:
@@ -53,11 +62,13 @@ class Investigator:
             self._ask(resolver, zone.name, "DNSKEY"),
             self._ask(resolver, zone.name, "DS"),
         )
-        servers, source = await self._servers_for(zone, resolver)
+        servers, source = await _once(self._servers, zone.name,
+                                      lambda: self._discover(zone, resolver))
         notes: list[str] = []
         auth: tuple[AuthEvidence, ...] = ()
         if servers:
-            auth = await self._auth_for(zone, probe, servers)
+            auth = await _once(self._auth, (zone.name, probe.qname, probe.qtype),
+                               lambda: self._ask_sources(zone, probe, servers))
             if not any(a.dnskey and a.dnskey.outcome is Outcome.REPLY for a in auth):
                 notes.append("no authoritative server answered")
         else:
@@ -66,14 +77,6 @@ class Investigator:
                         cached_ds, auth, source if servers else "none", tuple(notes))
 
     # -- authoritative servers -------------------------------------------------------------
-
-    def _servers_for(self, zone: ZoneSpec, resolver: ResolverSpec
-                     ) -> asyncio.Task[tuple[tuple[tuple[str, int], ...], str]]:
-        task = self._servers.get(zone.name)
-        if task is None:
-            task = asyncio.ensure_future(self._discover(zone, resolver))
-            self._servers[zone.name] = task
-        return task
 
     async def _discover(self, zone: ZoneSpec, first: ResolverSpec
                         ) -> tuple[tuple[tuple[str, int], ...], str]:
@@ -110,30 +113,22 @@ class Investigator:
             return False
         return ip.is_global or self.allow_local_auth
 
-    def _auth_for(self, zone: ZoneSpec, probe: ProbeName, servers: tuple[tuple[str, int], ...]
-                  ) -> asyncio.Task[tuple[AuthEvidence, ...]]:
-        key = (zone.name, probe.qname, probe.qtype)
-        task = self._auth.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._ask_sources(zone, probe, servers))
-            self._auth[key] = task
-        return task
-
     async def _ask_sources(self, zone: ZoneSpec, probe: ProbeName,
                            servers: tuple[tuple[str, int], ...]) -> tuple[AuthEvidence, ...]:
-        dnskey_t = self._tmpl(zone.name, "DNSKEY", rd=False, cd=False)
-        answer_t = self._tmpl(probe.qname, probe.qtype, rd=False, cd=False)
+        dnskey_t = self.templates.get(zone.name, "DNSKEY", rd=False)
+        answer_t = self.templates.get(probe.qname, probe.qtype, rd=False)
 
         async def one(host: str, port: int) -> AuthEvidence | None:
             name = f"auth:{host}"
 
-            def ask(t: QueryTemplate) -> Callable[[], Awaitable[Observation]]:
+            def ask(t: QueryTemplate) -> Callable[[], Coroutine[Any, Any, Observation]]:
                 return lambda: self.q.ask(name, host, port, t, triage=False)
 
             # The DNSKEY RRset is asked once per server and zone, however many names fail.
             dnskey, answer = await asyncio.gather(
-                self._source_query((host, port, zone.name, "DNSKEY"), ask(dnskey_t)),
-                self._source_query((host, port, probe.qname, probe.qtype), ask(answer_t)),
+                _once(self._source_queries, (host, port, zone.name, "DNSKEY"), ask(dnskey_t)),
+                _once(self._source_queries, (host, port, probe.qname, probe.qtype),
+                      ask(answer_t)),
             )
             if dnskey.outcome is Outcome.UNREACHABLE:
                 return None  # e.g. an IPv6 server seen from a host without IPv6
@@ -146,9 +141,3 @@ class Investigator:
         ))
         return tuple(a for a in asked if a is not None)[: self.max_auth_servers]
 
-    def _source_query(self, key: tuple[str, int, str, str],
-                      factory: Callable[[], Awaitable[Observation]]) -> asyncio.Task[Observation]:
-        task = self._source_queries.get(key)
-        if task is None:
-            task = self._source_queries[key] = asyncio.ensure_future(factory())
-        return task

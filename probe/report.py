@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from probe.codes import DiagnosisKind, Severity, Verdict
+from probe.diagnose import format_tags
 from probe.engine import CheckResult
 from probe.observation import Outcome
 
@@ -59,8 +60,8 @@ def explain(r: CheckResult) -> str:
     o = r.observation
     if d is not None:
         if d.kind is DiagnosisKind.STALE_DNSKEY_CACHE:
-            text = (f"stale DNSKEY cache: signed by key {_tags(d.rrsig_keytags)}, resolver "
-                    f"caches {_tags(d.cached_dnskey_keytags)}")
+            text = (f"stale DNSKEY cache: signed by key {format_tags(d.rrsig_keytags)}, resolver "
+                    f"caches {format_tags(d.cached_dnskey_keytags)}")
             if d.recovers_in_s is not None:
                 text += f"; recovers in about {d.recovers_in_s} s"
             return text
@@ -75,10 +76,6 @@ def explain(r: CheckResult) -> str:
         # Validated, but a probe name should exist: aggressive NSEC could answer from old data.
         return "authenticated denial: the probed name or type does not exist"
     return ""
-
-
-def _tags(tags: Sequence[int]) -> str:
-    return ", ".join(str(t) for t in tags) or "none"
 
 
 def summary(results: Sequence[CheckResult]) -> str:
@@ -108,7 +105,7 @@ def render_table(results: Sequence[CheckResult], console: Console) -> None:
     for r in worst_per_row(results):
         o = r.observation
         verdict = r.classification.verdict
-        rcode = r.to_json()["rcode"] or "-"
+        rcode = r.rcode_text or "-"
         ede = ",".join(str(e.code) for e in o.ede) or "-"
         zone = r.zone.name.rstrip(".")
         table.add_row(

@@ -72,6 +72,21 @@ def make_template(
     )
 
 
+class TemplateCache:
+    """Query templates built once and reused: building costs far more than sending, and a
+    daemon asks the same names every round."""
+
+    def __init__(self) -> None:
+        self._built: dict[tuple[str, str, bool, bool], QueryTemplate] = {}
+
+    def get(self, qname: str, qtype: str, *, rd: bool = True, cd: bool = False) -> QueryTemplate:
+        key = (qname, qtype, rd, cd)
+        t = self._built.get(key)
+        if t is None:
+            t = self._built[key] = make_template(qname, qtype, rd=rd, cd=cd)
+        return t
+
+
 # Fixed-header masks (RFC 1035 §4.1.1): QR, OPCODE, TC in byte 2; AD, RCODE in byte 3.
 _B2_CHECK = 0x80 | 0x78 | 0x02
 _B2_EXPECT = 0x80  # QR=1, OPCODE=QUERY, TC=0
