@@ -52,3 +52,24 @@ class TcpFailed(ConnectionFailed):
     """The TCP retry after a truncated UDP reply failed or was cut (RFC 7766)."""
 
     code = "tcp-failed"
+
+
+class DeliveryError(ProbeError):
+    """Points or an alert could not be delivered. `code` is a stable label for metrics and logs;
+    the message is for people (it may quote the server) and never becomes a tag."""
+
+    code = "delivery-failed"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.status = status  # HTTP status when there was one
+
+
+class DeliveryRetryable(DeliveryError):
+    """Worth trying again later: connection refused, timeout, HTTP 5xx or 429."""
+
+
+class DeliveryRejected(DeliveryError):
+    """The server refused the data itself (HTTP 4xx other than 429): keep it aside, never retry."""

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   unbound bind9 bind9-utils bind9-dnsutils knot-resolver pdns-recursor nsd knot knot-dnsutils
-  ldnsutils dnsperf iproute2 procps
+  ldnsutils dnsperf iproute2 procps influxdb influxdb-client victoria-metrics prometheus-alertmanager
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

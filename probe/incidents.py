@@ -1,0 +1,223 @@
+"""Incidents: a pure state machine from per-zone round results to open/update/resolve events.
+
+No I/O and no clock of its own: the daemon passes each round's view of every zone and the
+round's time in, and stores what comes out. Recorded rounds replay through `step` in tests.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from probe.errors import ConfigError
+
+
+class EventKind(StrEnum):
+    """What happened to an incident (the `event` tag of dnssec_incident; webhook `event`)."""
+
+    OPEN = "open"
+    UPDATE = "update"
+    RESOLVE = "resolve"
+
+
+@dataclass(frozen=True, slots=True)
+class BogusView:
+    """One resolver's bogus answer for a zone in a round, as far as the incident cares."""
+
+    kind: str  # diagnosis kind, or "none" when no diagnosis was made
+    rrsig_keytags: tuple[int, ...] = ()
+    cached_keytags: tuple[int, ...] = ()
+    recovers_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneRound:
+    """What one round saw for one zone: resolvers that answered bogus, by name."""
+
+    zone: str
+    bogus: Mapping[str, BogusView]
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentPolicy:
+    """When to open and resolve; validated on construction."""
+
+    open_min_resolvers: int = 2
+    resolve_rounds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.open_min_resolvers < 1:
+            raise ConfigError("open_min_resolvers must be >= 1")
+        if self.resolve_rounds < 1:
+            raise ConfigError("resolve_rounds must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """A zone's validation failure seen through several resolvers, from open to resolve."""
+
+    id: str
+    zone: str
+    opened_at: float
+    updated_at: float
+    kind: str  # the dominant diagnosis kind among the affected resolvers
+    kinds: tuple[str, ...]
+    resolvers: tuple[str, ...]  # affected in the latest round that had any, sorted
+    rrsig_keytags: tuple[int, ...]
+    cached_keytags: tuple[int, ...]
+    recovers_at: float | None  # latest predicted recovery among the affected resolvers
+    clean_rounds: int = 0  # consecutive rounds with no bogus resolver
+    resolved_at: float | None = None
+
+    @property
+    def affected(self) -> int:
+        return len(self.resolvers)
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
+
+    @property
+    def detail(self) -> str:
+        """The diagnosis in words, for alerts and the dnssec_incident `detail` field."""
+        text = (f"{self.zone}: {self.affected} resolver(s) answer bogus "
+                f"({', '.join(self.resolvers)}); diagnosis {', '.join(self.kinds)}")
+        if self.rrsig_keytags:
+            text += f"; signed by key {_tags(self.rrsig_keytags)}"
+        if self.cached_keytags:
+            text += f"; resolvers cache keys {_tags(self.cached_keytags)}"
+        if self.recovers_at is not None:
+            text += f"; predicted recovery by {iso(self.recovers_at)}"
+        if self.resolved_at is not None:
+            text += f"; resolved at {iso(self.resolved_at)}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable JSON shape (webhook `incident`, `incidents --json`); scripts rely on it."""
+        return {
+            "id": self.id,
+            "zone": self.zone,
+            "kind": self.kind,
+            "kinds": list(self.kinds),
+            "affected": self.affected,
+            "resolvers": list(self.resolvers),
+            "rrsig_keytags": list(self.rrsig_keytags),
+            "cached_keytags": list(self.cached_keytags),
+            "recovers_at": None if self.recovers_at is None else int(self.recovers_at),
+            "detail": self.detail,
+            "opened_at": self.opened_at,
+            "updated_at": self.updated_at,
+            "resolved_at": self.resolved_at,
+            "clean_rounds": self.clean_rounds,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Incident:
+        rec = d.get("recovers_at")
+        res = d.get("resolved_at")
+        return cls(
+            id=str(d["id"]), zone=str(d["zone"]), opened_at=float(d["opened_at"]),
+            updated_at=float(d.get("updated_at", d["opened_at"])), kind=str(d["kind"]),
+            kinds=tuple(str(k) for k in d.get("kinds", (d["kind"],))),
+            resolvers=tuple(str(r) for r in d["resolvers"]),
+            rrsig_keytags=tuple(int(t) for t in d.get("rrsig_keytags", ())),
+            cached_keytags=tuple(int(t) for t in d.get("cached_keytags", ())),
+            recovers_at=None if rec is None else float(rec),
+            clean_rounds=int(d.get("clean_rounds", 0)),
+            resolved_at=None if res is None else float(res),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentEvent:
+    """One transition, with the incident as it is after it."""
+
+    event: EventKind
+    incident: Incident
+    at: float
+
+
+def iso(t: float) -> str:
+    """UTC time for people and ids, to the second."""
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def incident_id(zone: str, opened_at: float) -> str:
+    """Stable id from the zone and the open time, e.g. 14.in-addr.arpa@2026-12-02T18:30:00Z."""
+    return f"{zone.rstrip('.') or '.'}@{iso(opened_at)}"
+
+
+def _tags(ts: Iterable[int]) -> str:
+    return ", ".join(str(t) for t in sorted(ts)) or "none"
+
+
+def _dominant(kinds: Counter[str]) -> str:
+    # A real diagnosis beats "unknown"/"none"; then the most frequent; ties alphabetically.
+    return min(kinds.items(), key=lambda kv: (kv[0] in ("unknown", "none"), -kv[1], kv[0]))[0]
+
+
+def _summarise(bogus: Mapping[str, BogusView]) -> dict[str, Any]:
+    kinds = Counter(v.kind for v in bogus.values())
+    recovers = [v.recovers_at for v in bogus.values() if v.recovers_at is not None]
+    return {
+        "kind": _dominant(kinds),
+        "kinds": tuple(sorted(kinds)),
+        "resolvers": tuple(sorted(bogus)),
+        "rrsig_keytags": tuple(sorted({t for v in bogus.values() for t in v.rrsig_keytags})),
+        "cached_keytags": tuple(sorted({t for v in bogus.values() for t in v.cached_keytags})),
+        "recovers_at": max(recovers) if recovers else None,
+    }
+
+
+def _changed(inc: Incident, s: Mapping[str, Any]) -> bool:
+    # A recovery estimate that moves by a second each round is not news: compare the facts.
+    return (inc.resolvers, inc.kinds, inc.rrsig_keytags, inc.cached_keytags) != (
+        s["resolvers"], s["kinds"], s["rrsig_keytags"], s["cached_keytags"])
+
+
+def step(
+    open_incidents: Mapping[str, Incident],
+    rounds: Sequence[ZoneRound],
+    *,
+    now: float,
+    policy: IncidentPolicy,
+) -> tuple[dict[str, Incident], list[IncidentEvent]]:
+    """Advance the open incidents (by zone) by one round; return the new open set and events.
+
+    A zone opens when at least `open_min_resolvers` resolvers answer bogus in one round; an open
+    incident follows the affected set and the diagnosis, and resolves after `resolve_rounds`
+    consecutive rounds in which no resolver answered bogus. Zones absent from `rounds` (not
+    checked this round) keep their incident unchanged.
+    """
+    out = dict(open_incidents)
+    events: list[IncidentEvent] = []
+    for zr in rounds:
+        inc = out.get(zr.zone)
+        if inc is None:
+            if len(zr.bogus) >= policy.open_min_resolvers:
+                s = _summarise(zr.bogus)
+                new = Incident(incident_id(zr.zone, now), zr.zone, now, now, **s)
+                out[zr.zone] = new
+                events.append(IncidentEvent(EventKind.OPEN, new, now))
+            continue
+        if not zr.bogus:
+            clean = inc.clean_rounds + 1
+            if clean >= policy.resolve_rounds:
+                done = replace(inc, clean_rounds=clean, resolved_at=now, updated_at=now)
+                del out[zr.zone]
+                events.append(IncidentEvent(EventKind.RESOLVE, done, now))
+            else:
+                out[zr.zone] = replace(inc, clean_rounds=clean)
+            continue
+        s = _summarise(zr.bogus)
+        if _changed(inc, s):
+            upd = replace(inc, **s, clean_rounds=0, updated_at=now)
+            out[zr.zone] = upd
+            events.append(IncidentEvent(EventKind.UPDATE, upd, now))
+        else:
+            out[zr.zone] = replace(inc, clean_rounds=0, recovers_at=s["recovers_at"])
+    return out, events

@@ -1,0 +1,163 @@
+"""Daemon state in SQLite (state_dir/state.sqlite3): incidents, the alert outbox, round counter.
+
+An incident transition and the alerts it causes are committed in one transaction, so a crash or
+a restart neither loses an open incident nor opens or pages it a second time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from probe.errors import ConfigError
+from probe.incidents import Incident
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY,
+    zone TEXT NOT NULL,
+    opened_at REAL NOT NULL,
+    resolved_at REAL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_open ON incidents (resolved_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    UNIQUE (channel, key)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """An alert to deliver on one channel; `key` makes enqueueing the same alert twice a no-op."""
+
+    channel: str
+    key: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    channel: str
+    key: str
+    body: dict[str, Any]
+    created: float
+    attempts: int
+    next_try: float
+    last_error: str
+
+
+class StateLocked(ConfigError):
+    """Another dnssec-probe process holds this state directory."""
+
+
+class StateStore:
+    """One daemon's state; the directory is locked for the life of the store."""
+
+    def __init__(self, state_dir: Path, *, lock: bool = True) -> None:
+        self.dir = state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create state directory ({exc.strerror})",
+                              path=str(state_dir)) from None
+        self._lock_fd: int | None = None
+        if lock:
+            fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StateLocked("another dnssec-probe run uses this state directory",
+                                  path=str(state_dir)) from None
+            self._lock_fd = fd
+        self.db = sqlite3.connect(state_dir / "state.sqlite3", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- incidents ---------------------------------------------------------------------------
+
+    def open_incidents(self) -> dict[str, Incident]:
+        rows = self.db.execute("SELECT data FROM incidents WHERE resolved_at IS NULL").fetchall()
+        incs = [Incident.from_dict(json.loads(r[0])) for r in rows]
+        return {i.zone: i for i in incs}
+
+    def incidents(self, *, include_resolved: bool = False, limit: int = 1000) -> list[Incident]:
+        where = "" if include_resolved else "WHERE resolved_at IS NULL"
+        rows = self.db.execute(
+            f"SELECT data FROM incidents {where} ORDER BY opened_at DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [Incident.from_dict(json.loads(r[0])) for r in rows]
+
+    def commit_round(self, round_no: int, incidents: Iterable[Incident],
+                     outbox: Iterable[OutboxItem], *, now: float) -> None:
+        """Store changed incidents, queue their alerts and the round number, atomically."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO incidents (id, zone, opened_at, resolved_at, data) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(id) DO UPDATE SET resolved_at=excluded.resolved_at, data=excluded.data",
+                [(i.id, i.zone, i.opened_at, i.resolved_at, json.dumps(i.to_dict()))
+                 for i in incidents],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO outbox (channel, key, body, created, next_try)"
+                " VALUES (?,?,?,?,?)",
+                [(o.channel, o.key, json.dumps(o.body), now, now) for o in outbox],
+            )
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_round', ?)",
+                       (str(round_no),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def last_round(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key='last_round'").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- alert outbox ------------------------------------------------------------------------
+
+    def outbox_pending(self, channel: str, *, limit: int = 100) -> list[OutboxRow]:
+        """A channel's queued alerts, oldest first, due or not: a channel sends in order, so
+        an alert waiting for its retry holds back the later ones (no resolve before its open)."""
+        rows = self.db.execute(
+            "SELECT seq, channel, key, body, created, attempts, next_try, last_error FROM outbox"
+            " WHERE channel = ? ORDER BY seq LIMIT ?", (channel, limit)).fetchall()
+        return [OutboxRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+
+    def outbox_done(self, seq: int) -> None:
+        self.db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def outbox_retry(self, seq: int, *, next_try: float, error: str) -> None:
+        self.db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_try = ?, last_error = ? WHERE seq = ?",
+            (next_try, error, seq),
+        )
+
+    def outbox_size(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM outbox").fetchone()[0])
