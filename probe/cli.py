@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -17,6 +20,7 @@ from rich.table import Table
 
 from probe import __version__
 from probe.codes import REASONS, SEVERITY, DiagnosisKind, Verdict
+from probe.daemon.config import DaemonConfig
 from probe.engine import CheckResult, Engine, EngineConfig
 from probe.errors import ConfigError
 from probe.report import EXIT_UNKNOWN, exit_status, render_table, to_json
@@ -158,6 +162,87 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
     if interrupted:
         click.echo(f"interrupted: {len(results)} of {total} checks done", err=True)
     sys.exit(EXIT_UNKNOWN if interrupted else exit_status(results))
+
+
+def _config_options(f: Callable[..., None]) -> Callable[..., None]:
+    """One flag per config key, same name (interval <-> --interval); None when not given."""
+    from probe.daemon.config import FIELDS, flag_name
+
+    hints = typing.get_type_hints(DaemonConfig)
+    for key in reversed(list(FIELDS)):
+        fld, want = FIELDS[key], hints[key]
+        help_text = fld.metadata["help"]
+        flag = flag_name(key)
+        if want is bool:
+            opt = click.option(f"{flag}/--no-{flag[2:]}", key, default=None, help=help_text)
+        elif want in (int, float, str):
+            opt = click.option(flag, key, type=want, default=None, help=help_text)
+        else:
+            opt = click.option(flag, key, multiple=True, help=help_text + " (repeatable)")
+        f = opt(f)
+    return f
+
+
+@cli.command()
+@click.option("--config", "config_file", metavar="FILE", help="TOML file of settings.")
+@click.option("--check-config", is_flag=True, help="Validate the settings and exit.")
+@_config_options
+def run(config_file: str | None, check_config: bool, **flags: Any) -> None:
+    """Monitor: a round every INTERVAL, incidents, time series, alerts (until stopped)."""
+    from probe.daemon import logs
+    from probe.daemon.app import serve
+    from probe.daemon.config import build, describe, load_file
+
+    cfg = build(load_file(config_file) if config_file else {}, flags)
+    zone_specs = _zones(cfg.zones or None, ())
+    resolvers = _resolvers(cfg.resolver, cfg.resolvers, cfg.with_defaults, None)
+    if check_config:
+        doc = describe(cfg)
+        doc["zones_loaded"] = len(zone_specs)
+        doc["resolvers_loaded"] = [r.name for r in resolvers]
+        click.echo(json.dumps(doc, indent=2))
+        return
+    logs.setup(json_lines=cfg.log_json)
+    progress = sys.stderr.isatty() and not cfg.log_json
+    _run_loop()
+    # A second Ctrl-C while stopping lands here; the first one already stopped the daemon.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(cfg, zone_specs, resolvers, progress=progress))
+
+
+@cli.command()
+@click.option("--state-dir", metavar="DIR", help="The daemon's state_dir (default as `run`).")
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+@click.option("--all", "show_all", is_flag=True, help="Past (resolved) incidents too.")
+def incidents(state_dir: str | None, as_json: bool, show_all: bool) -> None:
+    """List open incidents (and with --all, past ones) from the daemon's state."""
+    from probe.daemon.config import default_state_dir
+    from probe.incidents import iso
+    from probe.state import StateStore
+
+    path = Path(state_dir or default_state_dir()).expanduser()
+    if not (path / "state.sqlite3").is_file():
+        raise ConfigError("no daemon state here (state.sqlite3 missing)", path=str(path))
+    store = StateStore(path, lock=False)
+    try:
+        found = store.incidents(include_resolved=show_all)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"incidents": [i.to_dict() for i in found]}, indent=2))
+        return
+    console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
+    table = Table("id", "state", "kind", "affected", "resolvers", "signed by", "cached",
+                  "recovers by", title="incidents")
+    for i in found:
+        table.add_row(i.id, "open" if i.is_open else f"resolved {iso(i.resolved_at or 0)}",
+                      i.kind, str(i.affected), ", ".join(i.resolvers),
+                      ", ".join(map(str, i.rrsig_keytags)) or "-",
+                      ", ".join(map(str, i.cached_keytags)) or "-",
+                      iso(i.recovers_at) if i.recovers_at else "-")
+    console.print(table)
+    console.print(f"{sum(i.is_open for i in found)} open" +
+                  (f", {len(found)} listed" if show_all else ""))
 
 
 @cli.command()

@@ -221,3 +221,18 @@ def step(
         else:
             out[zr.zone] = replace(inc, clean_rounds=0, recovers_at=s["recovers_at"])
     return out, events
+
+
+def retire(open_incidents: Mapping[str, Incident], watched: Iterable[str], *,
+           now: float) -> tuple[dict[str, Incident], list[IncidentEvent]]:
+    """Resolve open incidents of zones no longer watched (they could never resolve otherwise)."""
+    keep = set(watched)
+    out: dict[str, Incident] = {}
+    events: list[IncidentEvent] = []
+    for zone, inc in open_incidents.items():
+        if zone in keep:
+            out[zone] = inc
+        else:
+            events.append(IncidentEvent(EventKind.RESOLVE,
+                                        replace(inc, resolved_at=now, updated_at=now), now))
+    return out, events

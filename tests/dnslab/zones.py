@@ -68,6 +68,10 @@ CHILDREN: tuple[ChildSpec, ...] = (
     ChildSpec("27.in-addr.arpa.", 8, 2, _v4("27", 5), standby=True),
     ChildSpec("36.in-addr.arpa.", 30, 2, _v4("36", 5), expired=True),
     ChildSpec("39.in-addr.arpa.", 30, 2, _v4("39", 5), ds_mismatch=True),
+    # The daemon's end-to-end test: its own bad cut-over and correct rollover, so it does not
+    # depend on what the other scenarios left in the resolvers' caches.
+    ChildSpec("49.in-addr.arpa.", 20, 2, _v4("49", 5), standby=True),
+    ChildSpec("58.in-addr.arpa.", 6, 2, _v4("58", 5), standby=True),
     ChildSpec(
         "101.in-addr.arpa.", 86400, 86400, tuple(f"101.0.{m}.{n}" for m in range(8) for n in range(250))
     ),

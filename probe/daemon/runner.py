@@ -1,0 +1,212 @@
+"""The round loop: sweep -> points -> incidents (+ their alerts, one transaction) -> delivery.
+
+Rounds start on a drift-free grid and never overlap. Writing and alerting run in their own
+tasks, so a slow InfluxDB or pager never holds up a round. On SIGTERM / SIGINT the sweep in
+progress stops, what it had collected is written as a partial round, the writer finishes its
+current write and spools the rest, and run() returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from probe.codes import Verdict
+from probe.daemon.metrics import Metrics
+from probe.daemon.schedule import next_slot
+from probe.engine import CheckResult, Engine
+from probe.incidents import EventKind, Incident, IncidentEvent, IncidentPolicy, retire, step
+from probe.points import (
+    RoundInfo,
+    check_points,
+    incident_points,
+    resolver_verdicts,
+    round_point,
+    to_lines,
+    zone_points,
+    zone_rounds,
+)
+from probe.resolvers import ResolverSpec
+from probe.state import OutboxItem, StateStore
+from probe.zones import ZoneSpec
+
+log = logging.getLogger("dnssec_probe.daemon")
+
+
+class Writer(Protocol):
+    def submit(self, lines: list[str]) -> None: ...
+    async def run(self) -> None: ...
+    async def shutdown(self, timeout: float) -> None: ...
+    async def flush(self, timeout: float) -> bool: ...
+
+
+class Pager(Protocol):
+    def items(self, events: Sequence[IncidentEvent]) -> list[OutboxItem]: ...
+    def kick(self, open_incidents: Sequence[Incident]) -> None: ...
+    async def run(self) -> None: ...
+    async def shutdown(self, timeout: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    interval: float
+    rounds: int  # 0 = forever
+    jitter: float
+
+
+class Monitor:
+    """Runs rounds until told to stop or `rounds` are done. Dependencies are passed in."""
+
+    def __init__(self, *, zones: Sequence[ZoneSpec], resolvers: Sequence[ResolverSpec],
+                 engine: Engine, store: StateStore, writer: Writer, pager: Pager,
+                 metrics: Metrics, policy: IncidentPolicy, schedule: Schedule, vantage: str,
+                 clock: Callable[[], float] = time.time, progress: bool = False) -> None:
+        self.zones = list(zones)
+        self.resolvers = list(resolvers)
+        self.engine = engine
+        self.store = store
+        self.writer = writer
+        self.pager = pager
+        self.metrics = metrics
+        self.policy = policy
+        self.schedule = schedule
+        self.vantage = vantage
+        self.clock = clock
+        self.progress = progress
+        self.open: dict[str, Incident] = {}
+        self._stop = asyncio.Event()
+        self._sweep: asyncio.Task[list[CheckResult]] | None = None
+        self.rounds_done = 0
+
+    def request_stop(self) -> None:
+        """Signal handler: stop the sweep in progress and leave the loop."""
+        if not self._stop.is_set():
+            log.info("stopping", extra={"event": "stop"})
+        self._stop.set()
+        if self._sweep is not None and not self._sweep.done():
+            self._sweep.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self) -> None:
+        now = self.clock()
+        self.open, events = retire(self.store.open_incidents(), [z.name for z in self.zones],
+                                   now=now)
+        if events:
+            self._commit(self.store.last_round(), events, now)
+        if self.open:
+            log.info("open incidents restored", extra={
+                "event": "restore", "incidents": sorted(i.id for i in self.open.values())})
+            self.pager.kick(list(self.open.values()))
+        sched = self.schedule
+        rng = random.Random(self.vantage)  # jitter differs between vantages, repeatable per one
+        t0 = now
+        done_k: int | None = None
+        while not self.stopping and (sched.rounds == 0 or self.rounds_done < sched.rounds):
+            slot = next_slot(t0, sched.interval, done_k, self.clock(), sched.jitter, rng)
+            wait = slot.start - self.clock()
+            if wait > 0 and not await self._sleep(wait):
+                break
+            started = self.clock()
+            await self._round(started)
+            done_k = slot.k
+            if self.clock() > t0 + (slot.k + 1) * sched.interval:
+                self.metrics.overruns.inc()
+                log.warning("round overran its interval", extra={
+                    "event": "overrun", "interval_s": sched.interval,
+                    "duration_s": round(self.clock() - started, 3)})
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless told to stop; False when stopping."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    async def _round(self, started: float) -> None:
+        number = self.store.last_round() + 1
+        collected: list[CheckResult] = []
+        total = sum(len(z.probes) for z in self.zones) * len(self.resolvers)
+        bar: Any = (Progress(TextColumn(f"round {number}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+                    if self.progress else nullcontext())
+        with bar:
+            task = bar.add_task("sweep", total=total) if self.progress else None
+
+            def progress(r: CheckResult) -> None:
+                collected.append(r)
+                if task is not None:
+                    bar.advance(task)
+
+            self._sweep = asyncio.ensure_future(
+                self.engine.sweep(self.zones, self.resolvers, progress=progress))
+            partial = False
+            try:
+                results = await self._sweep
+            except asyncio.CancelledError:
+                if not self.stopping:
+                    raise
+                results, partial = collected, True
+            finally:
+                self._sweep = None
+        end = self.clock()
+        duration = end - started
+        rnd = RoundInfo(number, self.vantage, started, duration,
+                        overrun=duration > self.schedule.interval, partial=partial)
+        worst = resolver_verdicts(results)
+        points = [*check_points(results, rnd), *zone_points(worst, rnd)]
+        events: list[IncidentEvent] = []
+        if not partial:
+            # A partial round says nothing about zones it did not reach: incidents wait.
+            self.open, events = step(self.open, zone_rounds(worst), now=end, policy=self.policy)
+        points += incident_points(events, self.vantage)
+        points.append(round_point(rnd, len(results)))
+        self.writer.submit(to_lines(points))
+        self._commit(number, events, end)
+        self.pager.kick(list(self.open.values()))
+        self._account(results, rnd)
+
+    def _commit(self, number: int, events: Sequence[IncidentEvent], now: float) -> None:
+        self.store.commit_round(number, [e.incident for e in events], self.pager.items(events),
+                                now=now)
+        for e in events:
+            i = e.incident
+            level = logging.WARNING if e.event is EventKind.OPEN else logging.INFO
+            log.log(level, f"incident {e.event.value} {i.id}", extra={
+                "event": f"incident-{e.event.value}", "incident": i.id, "zone": i.zone,
+                "kind": i.kind, "affected": i.affected, "resolvers": list(i.resolvers),
+                "rrsig_keytags": list(i.rrsig_keytags), "cached_keytags": list(i.cached_keytags),
+                "recovers_at": i.recovers_at, "detail": i.detail})
+
+    def _account(self, results: Sequence[CheckResult], rnd: RoundInfo) -> None:
+        m = self.metrics
+        verdicts = Counter(r.classification.verdict for r in results)
+        for v, n in verdicts.items():
+            m.checks.labels(v.value).inc(n)
+        m.followups.inc(sum(1 for r in results if r.evidence is not None))
+        m.duration.observe(rnd.duration_s)
+        m.last_round.set(rnd.started + rnd.duration_s)
+        m.health.last_round_end = rnd.started + rnd.duration_s
+        m.health.last_round_ok = not rnd.partial
+        if not rnd.partial:
+            m.rounds.inc()
+            self.rounds_done += 1
+        summary = ", ".join(f"{verdicts[v]} {v.value}" for v in Verdict if verdicts[v])
+        log.info(f"round {rnd.number} done: {len(results)} checks ({summary or 'none'})", extra={
+            "event": "round", "round": rnd.number, "checks": len(results),
+            "duration_s": round(rnd.duration_s, 3), "partial": rnd.partial,
+            "verdicts": {v.value: n for v, n in verdicts.items()},
+            "open_incidents": len(self.open)})

@@ -1,0 +1,165 @@
+"""The InfluxDB schema (docs/schema.md): check results, zone summaries, incident events, rounds.
+
+Pure functions from a round's results to influxdb-client `Point`s and line protocol; no I/O.
+Tags are bounded codes only (vantage, resolver, zone, qtype, verdict, diagnosis, event, kind):
+never a name, a key tag or free text. Timestamps are nanoseconds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from influxdb_client.client.write.point import Point
+from influxdb_client.domain.write_precision import WritePrecision
+
+from probe.codes import Verdict
+from probe.engine import CheckResult
+from probe.incidents import BogusView, IncidentEvent, ZoneRound
+
+M_CHECK, M_ZONE, M_INCIDENT, M_ROUND = "dnssec_check", "dnssec_zone", "dnssec_incident", "dnssec_round"
+NS = WritePrecision.NS
+
+# Which verdict stands for a resolver in a zone with several probe names: the worst one.
+_ZONE_RANK = {
+    Verdict.BOGUS: 6, Verdict.SERVFAIL: 5, Verdict.ERROR: 4, Verdict.REFUSED: 4,
+    Verdict.TIMEOUT: 3, Verdict.INSECURE: 2, Verdict.SECURE: 1, Verdict.UNREACHABLE: 0,
+}
+# dnssec_zone fields: refused counts as an error (the resolver did not do its job).
+_ZONE_FIELD = {
+    Verdict.SECURE: "secure", Verdict.INSECURE: "insecure", Verdict.BOGUS: "bogus",
+    Verdict.SERVFAIL: "servfail", Verdict.TIMEOUT: "timeout", Verdict.ERROR: "error",
+    Verdict.REFUSED: "error",
+}
+
+
+def ns(t: float) -> int:
+    return round(t * 1e9)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundInfo:
+    """What the round itself was: its number, vantage, start, duration, whether it overran."""
+
+    number: int
+    vantage: str
+    started: float
+    duration_s: float
+    overrun: bool
+    partial: bool = False  # stopped (SIGTERM) before every check was done
+
+
+def check_points(results: Sequence[CheckResult], rnd: RoundInfo) -> list[Point]:
+    """One dnssec_check point per check, at its send time. Two checks of one round with the
+    same tag set (names of one zone) never share a timestamp: a collision moves the later one
+    forward by 1 ns, so neither overwrites the other."""
+    last: dict[tuple[str, ...], int] = {}
+    out: list[Point] = []
+    for r in results:
+        o = r.observation
+        d = r.diagnosis
+        tags = (r.resolver.name, r.zone.name, r.probe.qtype, r.classification.verdict.value,
+                d.kind.value if d else "none")
+        t = ns(o.started)
+        prev = last.get(tags)
+        if prev is not None and t <= prev:
+            t = prev + 1
+        last[tags] = t
+        p = (Point(M_CHECK).tag("vantage", rnd.vantage).tag("resolver", tags[0])
+             .tag("zone", tags[1]).tag("qtype", tags[2]).tag("verdict", tags[3])
+             .tag("diagnosis", tags[4])
+             .field("qname", r.probe.qname)
+             .field("ede", o.ede[0].code if o.ede else -1)
+             .field("round", rnd.number)
+             .time(t, NS))
+        if o.rtt_ms is not None:
+            p.field("rtt_ms", float(o.rtt_ms))
+        if o.rcode is not None:
+            p.field("rcode", int(o.rcode))
+            p.field("ad", o.ad)
+        if d is not None:
+            if d.cached_dnskey_ttl is not None:
+                p.field("cached_dnskey_ttl", int(d.cached_dnskey_ttl))
+            if d.recovers_in_s is not None:
+                p.field("recovers_in_s", int(d.recovers_in_s))
+        out.append(p)
+    return out
+
+
+def resolver_verdicts(results: Iterable[CheckResult]) -> dict[str, dict[str, CheckResult]]:
+    """zone -> resolver -> the worst check of that resolver in that zone (input order kept)."""
+    out: dict[str, dict[str, CheckResult]] = {}
+    for r in results:
+        per = out.setdefault(r.zone.name, {})
+        cur = per.get(r.resolver.name)
+        if cur is None or (_ZONE_RANK[r.classification.verdict]
+                           > _ZONE_RANK[cur.classification.verdict]):
+            per[r.resolver.name] = r
+    return out
+
+
+def zone_points(worst: dict[str, dict[str, CheckResult]], rnd: RoundInfo) -> list[Point]:
+    """One dnssec_zone point per zone: how many resolvers gave which verdict (unreachable ones
+    are not counted: they say nothing about the zone)."""
+    out = []
+    t = ns(rnd.started)
+    for zone, per in worst.items():
+        counts = Counter(_ZONE_FIELD[r.classification.verdict] for r in per.values()
+                         if r.classification.verdict is not Verdict.UNREACHABLE)
+        n = sum(counts.values())
+        p = Point(M_ZONE).tag("vantage", rnd.vantage).tag("zone", zone).field("resolvers", n)
+        for name in ("secure", "insecure", "bogus", "servfail", "timeout", "error"):
+            p.field(name, counts[name])
+        p.field("bogus_ratio", counts["bogus"] / n if n else 0.0)
+        out.append(p.field("round", rnd.number).time(t, NS))
+    return out
+
+
+def zone_rounds(worst: dict[str, dict[str, CheckResult]]) -> list[ZoneRound]:
+    """The incident state machine's input: per zone, the resolvers that answered bogus."""
+    out = []
+    for zone, per in worst.items():
+        bogus: dict[str, BogusView] = {}
+        for name, r in per.items():
+            if r.classification.verdict is not Verdict.BOGUS:
+                continue
+            d = r.diagnosis
+            bogus[name] = BogusView(
+                kind=d.kind.value if d else "none",
+                rrsig_keytags=d.rrsig_keytags if d else (),
+                cached_keytags=d.cached_dnskey_keytags if d else (),
+                recovers_at=d.recovers_at if d else None,
+            )
+        out.append(ZoneRound(zone, bogus))
+    return out
+
+
+def incident_points(events: Sequence[IncidentEvent], vantage: str) -> list[Point]:
+    out = []
+    for e in events:
+        i = e.incident
+        p = (Point(M_INCIDENT).tag("vantage", vantage).tag("zone", i.zone)
+             .tag("event", e.event.value).tag("kind", i.kind)
+             .field("id", i.id).field("affected", i.affected)
+             .field("resolvers", ",".join(i.resolvers))
+             .field("rrsig_keytags", ",".join(str(t) for t in i.rrsig_keytags))
+             .field("cached_keytags", ",".join(str(t) for t in i.cached_keytags))
+             .field("detail", i.detail)
+             .time(ns(e.at), NS))
+        if i.recovers_at is not None:
+            p.field("recovers_at", int(i.recovers_at))
+        out.append(p)
+    return out
+
+
+def round_point(rnd: RoundInfo, checks: int) -> Point:
+    return (Point(M_ROUND).tag("vantage", rnd.vantage)
+            .field("duration_s", float(rnd.duration_s)).field("checks", checks)
+            .field("overrun", rnd.overrun).field("partial", rnd.partial)
+            .field("round", rnd.number).time(ns(rnd.started), NS))
+
+
+def to_lines(points: Iterable[Point]) -> list[str]:
+    """Line protocol, one line per point (influxdb-client does all the escaping)."""
+    return [line for p in points if (line := p.to_line_protocol())]

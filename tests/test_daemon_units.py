@@ -1,0 +1,262 @@
+"""Pure parts of the daemon: schedule, InfluxDB points, config loading, state store, logs."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+from pathlib import Path
+
+import pytest
+
+from probe.classify import Classification
+from probe.codes import DiagnosisKind, Verdict
+from probe.daemon import logs
+from probe.daemon.config import FIELDS, DaemonConfig, build, describe, flag_name, load_file
+from probe.daemon.schedule import next_slot
+from probe.diagnose import Diagnosis
+from probe.engine import CheckResult
+from probe.errors import ConfigError
+from probe.incidents import BogusView, EventKind, IncidentEvent, IncidentPolicy, ZoneRound, step
+from probe.observation import EdeObs, Observation, Outcome
+from probe.points import (
+    RoundInfo,
+    check_points,
+    incident_points,
+    resolver_verdicts,
+    round_point,
+    to_lines,
+    zone_points,
+    zone_rounds,
+)
+from probe.resolvers import ResolverSpec
+from probe.state import OutboxItem, StateLocked, StateStore
+from probe.zones import ProbeName, ZoneSpec
+
+# ---- schedule ---------------------------------------------------------------------------------
+
+
+def test_rounds_stay_on_the_grid_whatever_they_take() -> None:
+    rng = random.Random(1)
+    s0 = next_slot(1000.0, 60.0, None, 1000.0, 0.0, rng)
+    assert (s0.k, s0.start, s0.late) == (0, 1000.0, False)
+    s1 = next_slot(1000.0, 60.0, 0, 1037.3, 0.0, rng)  # round 0 took 37.3 s
+    assert (s1.k, s1.start) == (1, 1060.0)
+    s2 = next_slot(1000.0, 60.0, 1, 1061.0, 0.0, rng)
+    assert (s2.k, s2.start) == (2, 1120.0)  # no drift from round durations
+
+
+def test_an_overrun_starts_the_next_round_at_once_then_back_on_the_grid() -> None:
+    rng = random.Random(1)
+    late = next_slot(1000.0, 60.0, 0, 1150.0, 0.0, rng)  # round 0 ran 150 s
+    assert late.late and late.start == 1150.0 and late.k == 2
+    after = next_slot(1000.0, 60.0, late.k, 1170.0, 0.0, rng)
+    assert not after.late and after.start == 1180.0
+
+
+def test_jitter_is_bounded() -> None:
+    rng = random.Random(7)
+    starts = [next_slot(0.0, 60.0, k, 60.0 * k + 1, 2.0, rng).start - 60.0 * (k + 1)
+              for k in range(200)]
+    assert all(0 <= d <= 2.0 for d in starts) and max(starts) > 1.0
+
+
+# ---- points -----------------------------------------------------------------------------------
+
+RES = [ResolverSpec("unbound", "127.53.1.1"), ResolverSpec("bind", "127.53.1.2"),
+       ResolverSpec("v6 only", "::1")]
+ZONE = ZoneSpec("14.in-addr.arpa.", (ProbeName("1.0.0.14.in-addr.arpa.", "PTR"),
+                                     ProbeName("2.0.0.14.in-addr.arpa.", "PTR")))
+
+
+def result(res: ResolverSpec, probe: ProbeName, verdict: Verdict, *, t: float = 1700000000.5,
+           diag: Diagnosis | None = None, rcode: int | None = 2) -> CheckResult:
+    outcome = Outcome.UNREACHABLE if verdict is Verdict.UNREACHABLE else Outcome.REPLY
+    obs = Observation(res.name, res.host, 53, probe.qname, "PTR", True, False, t, outcome,
+                      rtt_ms=1.25 if outcome is Outcome.REPLY else None,
+                      rcode=rcode if outcome is Outcome.REPLY else None,
+                      flags=0x8180 if outcome is Outcome.REPLY else None,
+                      ede=(EdeObs(6, "x"),) if verdict is Verdict.BOGUS else ())
+    return CheckResult(res, ZONE, probe, obs, Classification(verdict, "x"), None, diag)
+
+
+STALE = Diagnosis(DiagnosisKind.STALE_DNSKEY_CACHE, ("dnskey-not-cached",), (47941,),
+                  (5510, 14201), (14201, 47941), 20, 20, 1700000020.0, "signed by key 47941")
+
+
+def round_results() -> list[CheckResult]:
+    p1, p2 = ZONE.probes
+    return [
+        result(RES[0], p1, Verdict.BOGUS, diag=STALE),
+        result(RES[0], p2, Verdict.BOGUS, diag=STALE),  # same tag set, same microsecond
+        result(RES[1], p1, Verdict.SECURE, rcode=0),
+        result(RES[1], p2, Verdict.BOGUS, diag=STALE),
+        result(RES[2], p1, Verdict.UNREACHABLE),
+        result(RES[2], p2, Verdict.UNREACHABLE),
+    ]
+
+
+RND = RoundInfo(7, "lab host", 1700000000.0, 2.5, overrun=False)
+
+
+def test_check_points_schema_and_distinct_timestamps() -> None:
+    lines = to_lines(check_points(round_results(), RND))
+    assert len(lines) == 6
+    first, second = lines[0], lines[1]
+    assert first.startswith("dnssec_check,diagnosis=stale-dnskey-cache,qtype=PTR,"
+                            "resolver=unbound,vantage=lab\\ host,verdict=bogus,zone=14.in-addr.arpa. ")
+    assert 'qname="1.0.0.14.in-addr.arpa."' in first
+    for field in ("ad=false", "cached_dnskey_ttl=20i", "ede=6i", "rcode=2i", "recovers_in_s=20i",
+                  "round=7i", "rtt_ms=1.25"):
+        assert field in first, field
+    t1, t2 = int(first.rsplit(" ", 1)[1]), int(second.rsplit(" ", 1)[1])
+    assert t1 == 1700000000500000000 and t2 == t1 + 1  # moved, not overwritten
+    unreachable = lines[4]
+    assert "verdict=unreachable" in unreachable and "diagnosis=none" in unreachable
+    assert "rtt_ms" not in unreachable and "rcode" not in unreachable and "ede=-1i" in unreachable
+
+
+def test_zone_points_count_resolvers_by_worst_verdict() -> None:
+    worst = resolver_verdicts(round_results())
+    (line,) = to_lines(zone_points(worst, RND))
+    # unreachable is not counted; bind's worst is bogus
+    for field in ("resolvers=2i", "bogus=2i", "secure=0i", "bogus_ratio=1", "round=7i"):
+        assert field in line, (field, line)
+    zr = zone_rounds(worst)
+    assert zr == [ZoneRound(ZONE.name, {
+        "unbound": BogusView("stale-dnskey-cache", (47941,), (5510, 14201), 1700000020.0),
+        "bind": BogusView("stale-dnskey-cache", (47941,), (5510, 14201), 1700000020.0)})]
+
+
+def test_incident_and_round_points() -> None:
+    worst = resolver_verdicts(round_results())
+    _, events = step({}, zone_rounds(worst), now=1700000003.0, policy=IncidentPolicy())
+    assert [e.event for e in events] == [EventKind.OPEN]
+    (line,) = to_lines(incident_points(events, "lab"))
+    assert line.startswith("dnssec_incident,event=open,kind=stale-dnskey-cache,vantage=lab,"
+                           "zone=14.in-addr.arpa. ")
+    for field in ('affected=2i', 'cached_keytags="5510,14201"', 'resolvers="bind,unbound"',
+                  'rrsig_keytags="47941"', "recovers_at=1700000020i",
+                  'id="14.in-addr.arpa@2023-11-14T22:13:23Z"'):
+        assert field in line, (field, line)
+    rline = round_point(RND, 6).to_line_protocol()
+    assert rline.startswith("dnssec_round,vantage=lab\\ host ")
+    assert "checks=6i" in rline and "overrun=false" in rline and "duration_s=2.5" in rline
+
+
+def test_free_text_never_becomes_a_tag() -> None:
+    event = IncidentEvent(EventKind.OPEN, step({}, zone_rounds(resolver_verdicts(
+        round_results())), now=1.0, policy=IncidentPolicy())[0][ZONE.name], 1.0)
+    lines = to_lines([*check_points(round_results(), RND), *incident_points([event], "v")])
+    for line in lines:
+        tagset = line.split(" ", 1)[0]
+        keys = {kv.split("=", 1)[0] for kv in tagset.split(",")[1:]}
+        assert keys <= {"vantage", "resolver", "zone", "qtype", "verdict", "diagnosis", "event",
+                        "kind"}, keys
+
+
+# ---- config -----------------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "probe.toml"
+    p.write_text(text)
+    return p
+
+
+def test_config_file_and_flags_flags_win(tmp_path: Path) -> None:
+    p = write(tmp_path, 'interval = 30\nresolver = ["a=127.0.0.1"]\ninflux_url = "http://127.0.0.1:1"\n')
+    cfg = build(load_file(p), {"interval": 5.0, "rounds": None, "resolver": ()})
+    assert cfg.interval == 5.0 and cfg.resolver == ("a=127.0.0.1",)
+    assert cfg.influx_url == "http://127.0.0.1:1" and cfg.rounds == 0
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("intervall = 3\n", "unknown key 'intervall'"),
+    ('interval = "soon"\n', "interval: expected a number, got 'soon'"),
+    ("interval = -1\n", "interval: expected a number > 0"),
+    ('influx_api = "v3"\n', "influx_api: expected 'v1' or 'v2'"),
+    ('metrics_listen = "localhost:9"\n', "metrics_listen: expected HOST:PORT"),
+    ("rounds = 1.5\n", "rounds: expected an integer"),
+    ("interval = \n", "not valid TOML"),
+])
+def test_bad_config_names_file_key_and_expectation(tmp_path: Path, text: str,
+                                                   expected: str) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        build(load_file(p), {})
+    assert str(p) in str(info.value) and expected in str(info.value)
+
+
+def test_every_key_has_a_flag_of_the_same_name() -> None:
+    from click.testing import CliRunner
+
+    from probe.cli import cli
+
+    out = CliRunner().invoke(cli, ["run", "--help"], terminal_width=200).output
+    for key in FIELDS:
+        assert flag_name(key) in out, key
+
+
+def test_secrets_come_from_env_or_file_and_never_show(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_TOKEN", "s3cr3t-token")
+    key_file = tmp_path / "pd.key"
+    key_file.write_text("routing-key-123\n")
+    cfg = build({}, {"influx_token_env": "MY_TOKEN", "pagerduty_key_file": str(key_file)})
+    tok, key = cfg.influx_token(), cfg.pagerduty_key()
+    assert tok is not None and tok.reveal() == "s3cr3t-token"
+    assert key is not None and key.reveal() == "routing-key-123"
+    shown = json.dumps(describe(cfg)) + repr(cfg) + repr(tok) + str(key)
+    assert "s3cr3t" not in shown and "routing-key" not in shown
+    with pytest.raises(ConfigError) as info:
+        build({}, {"influx_token_file": str(tmp_path / "missing")})
+    assert "influx_token_file" in str(info.value)
+
+
+def test_v2_needs_an_org() -> None:
+    with pytest.raises(ConfigError, match="influx_org"):
+        build({}, {"influx_url": "http://127.0.0.1:8086", "influx_api": "v2"})
+    assert DaemonConfig().effective_jitter == 1.0
+
+
+# ---- state store ------------------------------------------------------------------------------
+
+
+def test_state_survives_reopen_and_is_locked(tmp_path: Path) -> None:
+    rounds = zone_rounds(resolver_verdicts(round_results()))
+    open_, events = step({}, rounds, now=10.0, policy=IncidentPolicy())
+    store = StateStore(tmp_path)
+    with pytest.raises(StateLocked):
+        StateStore(tmp_path)
+    item = OutboxItem("webhook", f"{events[0].incident.id}:open", {"event": "open"})
+    store.commit_round(3, [e.incident for e in events], [item, item], now=10.0)
+    store.close()
+    again = StateStore(tmp_path)
+    assert again.open_incidents() == open_
+    assert again.last_round() == 3
+    rows = again.outbox_pending("webhook")
+    assert len(rows) == 1 and rows[0].body == {"event": "open"}  # queued once
+    again.outbox_retry(rows[0].seq, next_try=99.0, error="http-5xx")
+    assert again.outbox_pending("webhook")[0].attempts == 1
+    again.outbox_done(rows[0].seq)
+    assert again.outbox_size() == 0
+    again.close()
+
+
+# ---- logs -------------------------------------------------------------------------------------
+
+
+def test_json_and_text_log_lines() -> None:
+    buf = io.StringIO()
+    logs.setup(json_lines=True, stream=buf)
+    logging.getLogger("dnssec_probe.daemon").warning("incident open x", extra={
+        "event": "incident-open", "zone": "14.in-addr.arpa."})
+    doc = json.loads(buf.getvalue())
+    assert doc["msg"] == "incident open x" and doc["event"] == "incident-open"
+    assert doc["level"] == "warning" and doc["zone"] == "14.in-addr.arpa."
+    buf2 = io.StringIO()
+    logs.setup(json_lines=False, stream=buf2)
+    logging.getLogger("dnssec_probe.daemon").info("round 1 done", extra={"checks": 4})
+    assert "INFO    round 1 done checks=4" in buf2.getvalue()
