@@ -135,17 +135,18 @@ def zone_rounds(worst: dict[str, dict[str, CheckResult]]) -> list[ZoneRound]:
     return out
 
 
-def incident_points(events: Sequence[IncidentEvent], vantage: str) -> list[Point]:
+def incident_points(events: Sequence[IncidentEvent], rnd: RoundInfo) -> list[Point]:
+    """One dnssec_incident point per event, at the event time, with the round that caused it."""
     out = []
     for e in events:
         i = e.incident
-        p = (Point(M_INCIDENT).tag("vantage", vantage).tag("zone", i.zone)
+        p = (Point(M_INCIDENT).tag("vantage", rnd.vantage).tag("zone", i.zone)
              .tag("event", e.event.value).tag("kind", i.kind)
              .field("id", i.id).field("affected", i.affected)
              .field("resolvers", ",".join(i.resolvers))
              .field("rrsig_keytags", ",".join(str(t) for t in i.rrsig_keytags))
              .field("cached_keytags", ",".join(str(t) for t in i.cached_keytags))
-             .field("detail", i.detail)
+             .field("detail", i.detail).field("round", rnd.number)
              .time(ns(e.at), NS))
         if i.recovers_at is not None:
             p.field("recovers_at", int(i.recovers_at))

@@ -133,12 +133,12 @@ def test_incident_and_round_points() -> None:
     worst = resolver_verdicts(round_results())
     _, events = step({}, zone_rounds(worst), now=1700000003.0, policy=IncidentPolicy())
     assert [e.event for e in events] == [EventKind.OPEN]
-    (line,) = to_lines(incident_points(events, "lab"))
+    (line,) = to_lines(incident_points(events, RoundInfo(7, "lab", 1.0, 1.0, False)))
     assert line.startswith("dnssec_incident,event=open,kind=stale-dnskey-cache,vantage=lab,"
                            "zone=14.in-addr.arpa. ")
     for field in ('affected=2i', 'cached_keytags="5510,14201"', 'resolvers="bind,unbound"',
                   'rrsig_keytags="47941"', "recovers_at=1700000020i",
-                  'id="14.in-addr.arpa@2023-11-14T22:13:23Z"'):
+                  'id="14.in-addr.arpa@2023-11-14T22:13:23Z"', "round=7i"):
         assert field in line, (field, line)
     rline = round_point(RND, 6).to_line_protocol()
     assert rline.startswith("dnssec_round,vantage=lab\\ host ")
@@ -148,7 +148,7 @@ def test_incident_and_round_points() -> None:
 def test_free_text_never_becomes_a_tag() -> None:
     event = IncidentEvent(EventKind.OPEN, step({}, zone_rounds(resolver_verdicts(
         round_results())), now=1.0, policy=IncidentPolicy())[0][ZONE.name], 1.0)
-    lines = to_lines([*check_points(round_results(), RND), *incident_points([event], "v")])
+    lines = to_lines([*check_points(round_results(), RND), *incident_points([event], RND)])
     for line in lines:
         tagset = line.split(" ", 1)[0]
         keys = {kv.split("=", 1)[0] for kv in tagset.split(",")[1:]}
@@ -260,3 +260,11 @@ def test_json_and_text_log_lines() -> None:
     logs.setup(json_lines=False, stream=buf2)
     logging.getLogger("dnssec_probe.daemon").info("round 1 done", extra={"checks": 4})
     assert "INFO    round 1 done checks=4" in buf2.getvalue()
+
+
+def test_example_config_lists_every_key_with_its_default() -> None:
+    example = Path(__file__).resolve().parent.parent / "docs" / "dnssec-probe.example.toml"
+    values = load_file(example)
+    assert set(values) == set(FIELDS)
+    cfg = build(values, {})
+    assert cfg == DaemonConfig()

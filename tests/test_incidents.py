@@ -69,9 +69,10 @@ def test_updates_only_when_the_facts_change_and_resolves_after_clean_rounds() ->
 
 def test_a_relapse_before_resolve_keeps_the_same_incident() -> None:
     ab = {"a": STALE, "b": STALE}
-    open_, events = play([ab, {}, {}, ab, {}, {}, {}])
+    left, events = play([ab, {}, {}, ab, {}, {}, {}])
     assert [e.event for _, e in events] == [EventKind.OPEN, EventKind.RESOLVE]
     assert events[0][1].incident.id == events[1][1].incident.id
+    assert not left
 
 
 def test_dominant_kind_prefers_a_real_diagnosis() -> None:

@@ -37,7 +37,8 @@ SHUTDOWN_S = 5.0  # the writer's bound; the whole stop stays within a few second
 def make_sink(cfg: DaemonConfig, state_dir: Path) -> Sink:
     token = cfg.influx_token()
     if not cfg.influx_url:
-        return FileSink(state_dir / "lines", retention_hours=cfg.lines_retention_hours)
+        return FileSink(state_dir / "lines", retention_hours=cfg.lines_retention_hours,
+                        database=cfg.influx_db)
     if cfg.influx_api == "v2":
         return InfluxV2Sink(cfg.influx_url, cfg.influx_org, cfg.influx_bucket,
                             token.reveal() if token else "")
@@ -48,7 +49,9 @@ def make_sink(cfg: DaemonConfig, state_dir: Path) -> Sink:
 def make_channels(cfg: DaemonConfig) -> list[Channel]:
     channels: list[Channel] = []
     if cfg.alertmanager_url:
-        channels.append(AlertmanagerChannel(cfg.alertmanager_url))
+        # Firing alerts are re-sent every round; they must outlive a few missed rounds.
+        channels.append(AlertmanagerChannel(cfg.alertmanager_url,
+                                            resend_grace=max(300.0, 4 * cfg.interval)))
     key = cfg.pagerduty_key()
     if key is not None:
         channels.append(PagerDutyChannel(cfg.pagerduty_url, key.reveal()))

@@ -48,7 +48,12 @@ class TextFormatter(logging.Formatter):
 
 
 def _text(v: Any) -> str:
-    s = ",".join(str(x) for x in v) if isinstance(v, list | tuple) else str(v)
+    if isinstance(v, dict):
+        s = ",".join(f"{k}:{x}" for k, x in v.items())
+    elif isinstance(v, list | tuple):
+        s = ",".join(str(x) for x in v)
+    else:
+        s = str(v)
     return json.dumps(s) if (not s or " " in s or '"' in s) else s
 
 

@@ -172,7 +172,7 @@ class Monitor:
         if not partial:
             # A partial round says nothing about zones it did not reach: incidents wait.
             self.open, events = step(self.open, zone_rounds(worst), now=end, policy=self.policy)
-        points += incident_points(events, self.vantage)
+        points += incident_points(events, rnd)
         points.append(round_point(rnd, len(results)))
         self.writer.submit(to_lines(points))
         self._commit(number, events, end)

@@ -1,0 +1,224 @@
+"""`dnssec-probe run` as a process against the real-resolver lab, InfluxDB and Alertmanager.
+
+The daemon runs as users run it (a config file, flags, signals); the lab's resolvers fail for
+real; incidents and points are read back from the servers they went to.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alert_fixtures import PAGERDUTY_PATH, WEBHOOK_PATH, Alertmanager, HttpReceiver
+from daemonproc import DaemonProc, free_port
+from dnslab import Lab
+
+pytestmark = pytest.mark.lab
+
+CUT = "49.in-addr.arpa."  # bad cut-over here
+ROLL = "58.in-addr.arpa."  # correct pre-published rollover here
+BASE = "1.in-addr.arpa."
+BROKEN = "36.in-addr.arpa."  # expired signatures: bogus at every resolver, all the time
+
+
+def zones_file(lab: Lab, path: Path, names: list[str]) -> Path:
+    path.write_text("".join(f"{z} {lab.zones[z].probe_names[0][0]}\n" for z in names))
+    return path
+
+
+def lab_settings(lab: Lab, workdir: Path, zones: list[str], **more: Any) -> dict[str, Any]:
+    return {
+        "zones": str(zones_file(lab, workdir / "zones.txt", zones)),
+        "resolver": [f"{r.name}={r.host}" for r in lab.resolvers],
+        "interval": 1.5, "jitter": 0.0, "qps": 0.0, "timeout": 1.0, "retries": 1,
+        "allow_local_auth": True, "state_dir": str(workdir / "state"), "vantage": "lab",
+        **more,
+    }
+
+
+def lines_in(state_dir: Path) -> list[str]:
+    """Every line-protocol line the daemon kept: the embedded sink's files (plain and rotated)
+    and the spool (a stop spools what it had not written yet)."""
+    out: list[str] = []
+    for f in [*sorted((state_dir / "lines").iterdir()), *sorted((state_dir / "spool").glob("*.lp"))]:
+        if f.name.endswith(".lp"):
+            out += f.read_text().splitlines()
+        elif f.name.endswith(".lp.gz"):
+            out += gzip.decompress(f.read_bytes()).decode().splitlines()
+    return out
+
+
+def field(line: str, name: str) -> str | None:
+    for kv in line.split(" ")[1].split(","):
+        k, _, v = kv.partition("=")
+        if k == name:
+            return v
+    return None
+
+
+def incidents_cli(state_dir: Path) -> list[dict[str, Any]]:
+    out = subprocess.run([sys.executable, "-m", "probe", "incidents", "--state-dir",
+                          str(state_dir), "--json", "--all"],
+                         capture_output=True, text=True, check=True).stdout
+    incs: list[dict[str, Any]] = json.loads(out)["incidents"]
+    return incs
+
+
+def test_sigterm_mid_round_loses_nothing_and_restart_pages_nothing_twice(
+        lab: Lab, http_receiver: HttpReceiver, tmp_path: Path) -> None:
+    """Embedded default (no InfluxDB): an always-bogus zone opens one incident; SIGTERM in the
+    middle of a slow round writes what it had and exits 0; a restart restores the incident
+    without opening or paging it again."""
+    settings = lab_settings(lab, tmp_path, [BROKEN, BASE], interval=1.0,
+                            webhook_url=f"{http_receiver.url}/hook")
+    d = DaemonProc(tmp_path, settings).start()
+    try:
+        opened = d.wait_for(lambda e: e.get("event") == "incident-open", 20, "incident open")
+        assert opened["zone"] == BROKEN and opened["kind"] == "bogus-at-source"
+        assert http_receiver.wait_for(lambda: len(http_receiver.received("/hook")) == 1, 10)
+        d.wait_rounds(3, 20)
+    finally:
+        assert d.stop() == 0
+    state = tmp_path / "state"
+    # A slow second run (rate-limited, so a round takes seconds): stop it mid-round.
+    slow = DaemonProc(tmp_path / "second", {**settings, "qps": 2.0, "interval": 30.0})
+    slow.start()
+    try:
+        slow.wait_for(lambda e: e.get("event") == "restore", 15, "restore")
+        time.sleep(1.5)  # inside round 1: 8 checks at 2 q/s per resolver take ~1-2 s plus follow-ups
+        t0 = time.monotonic()
+    finally:
+        rc = slow.stop()
+    assert rc == 0 and time.monotonic() - t0 < 8
+    rounds = slow.of("round")
+    assert rounds and rounds[-1]["partial"], slow.tail()
+    # Every check of every round, the partial one included, is in the line files.
+    lines = lines_in(state)
+    round_lines = [ln for ln in lines if ln.startswith("dnssec_round,")]
+    assert round_lines
+    for rl in round_lines:
+        number = field(rl, "round")
+        checks = int((field(rl, "checks") or "0").rstrip("i"))
+        got = [ln for ln in lines if ln.startswith("dnssec_check,")
+               and field(ln, "round") == number]
+        assert len(got) == checks, (number, checks, len(got))
+    assert any(field(rl, "partial") == "true" for rl in round_lines)
+    # The restart neither opened nor paged the incident again.
+    assert not slow.of("incident-open")
+    incs = incidents_cli(state)
+    assert [i["id"] for i in incs] == [opened["incident"]] and incs[0]["resolved_at"] is None
+    time.sleep(0.5)
+    assert [b["event"] for b in http_receiver.received("/hook")] == ["open"]
+    opens = [ln for ln in lines if ln.startswith("dnssec_incident,") and "event=open" in ln]
+    assert len(opens) == 1
+
+
+def influx_rows(result: Any) -> list[dict[str, Any]]:
+    """Rows of an InfluxQL answer as dicts (column -> value)."""
+    rows: list[dict[str, Any]] = []
+    for res in result.get("results", []):
+        for series in res.get("series", []):
+            cols = series["columns"]
+            tags = series.get("tags", {})
+            rows += [{**tags, **dict(zip(cols, v, strict=True))} for v in series["values"]]
+    return rows
+
+
+@pytest.mark.slow
+def test_cutover_opens_one_incident_pages_and_resolves(
+        lab: Lab, influxdb: Any, alertmanager: Alertmanager, http_receiver: HttpReceiver,
+        tmp_path: Path) -> None:
+    db = "e2e"
+    influxdb.create_db(db)
+    alertmanager.clear()
+    metrics_port = free_port()
+    settings = lab_settings(
+        lab, tmp_path, [BASE, CUT, ROLL], influx_url=influxdb.url, influx_api="v1",
+        influx_db=db, alertmanager_url=alertmanager.url, webhook_url=f"{http_receiver.url}/hook",
+        pagerduty_url=f"{http_receiver.url}/pd", metrics_listen=f"127.0.0.1:{metrics_port}")
+    d = DaemonProc(tmp_path, settings, env={"DNSSEC_PROBE_PAGERDUTY_KEY": "pd-secret-key"})
+    d.start()
+    cut, roll = lab.zones[CUT], lab.zones[ROLL]
+    try:
+        d.wait_rounds(2, 20)  # steady state, caches warm
+        assert not d.of("incident-open")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5) as r:
+            assert r.status == 200 and json.load(r)["ok"] is True
+        lab.cutover(CUT)
+        lab.prepublish(ROLL)
+        t_cut = time.time()
+        opened = d.wait_for(lambda e: e.get("event") == "incident-open", 20, "incident open")
+        # Correct rollover, step 2, once every cache holds the new key too.
+        time.sleep(max(0.0, t_cut + roll.dnskey_ttl + roll.record_ttl + 1 - time.time()))
+        lab.roll(ROLL)
+        resolved = d.wait_for(lambda e: e.get("event") == "incident-resolve",
+                              cut.dnskey_ttl + 40, "incident resolve")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+    finally:
+        rc = d.stop()
+    assert rc == 0
+    assert opened["zone"] == CUT and opened["kind"] == "stale-dnskey-cache"
+    assert opened["rrsig_keytags"] == [cut.standby_zsk_tag]
+    assert set(opened["cached_keytags"]) == {cut.ksk_tag, cut.zsk_tag}
+    assert opened["affected"] >= 2 and resolved["incident"] == opened["incident"]
+    assert len(d.of("incident-open")) == 1  # the rollover zone opened nothing
+    inc_id = opened["incident"]
+
+    # InfluxDB: the incident's events, the first failing round, every check of every round.
+    rows = influx_rows(influxdb.query(
+        'SELECT * FROM dnssec_incident GROUP BY "zone", "event", "kind"', db))
+    assert {r["zone"] for r in rows} == {CUT}
+    assert [r["event"] for r in rows if r["event"] != "update"] == ["open", "resolve"]
+    first = next(r for r in rows if r["event"] == "open")
+    assert first["id"] == inc_id and first["kind"] == "stale-dnskey-cache"
+    assert first["rrsig_keytags"] == str(cut.standby_zsk_tag)
+    failing = influx_rows(influxdb.query(
+        f"SELECT bogus, \"round\" FROM dnssec_zone WHERE \"zone\" = '{CUT}' AND bogus >= 2", db))
+    assert min(r["round"] for r in failing) == first["round"]  # opened in the first bad round
+    per_round = {r["round"]: r["checks"] for r in influx_rows(influxdb.query(
+        'SELECT "round", checks FROM dnssec_round', db))}
+    for number, checks in per_round.items():
+        (row,) = influx_rows(influxdb.query(
+            f'SELECT count(qname) FROM dnssec_check WHERE "round" = {number}', db))
+        assert row["count"] == checks, (number, checks, row)
+    assert len(per_round) >= 10
+    stale = influx_rows(influxdb.query(
+        f"SELECT recovers_in_s FROM dnssec_check WHERE \"zone\" = '{CUT}' "
+        "AND diagnosis = 'stale-dnskey-cache'", db))
+    assert stale and all(0 <= r["recovers_in_s"] <= cut.dnskey_ttl for r in stale)
+    assert not influx_rows(influxdb.query(
+        f"SELECT * FROM dnssec_check WHERE \"zone\" = '{ROLL}' AND verdict != 'secure'", db))
+
+    # Alertmanager delivered firing then resolved to its webhook and PagerDuty receivers.
+    def am_statuses() -> list[str]:
+        return [a["status"] for b in alertmanager.received(WEBHOOK_PATH) for a in b["alerts"]
+                if a["labels"].get("zone") == CUT]
+
+    alertmanager.wait_for(lambda: "resolved" in am_statuses(), 15)
+    assert am_statuses()[0] == "firing"
+    fired = next(a for b in alertmanager.received(WEBHOOK_PATH) for a in b["alerts"])
+    assert fired["labels"]["alertname"] == "DNSSECValidationFailure"
+    assert fired["labels"]["kind"] == "stale-dnskey-cache" and fired["labels"]["vantage"] == "lab"
+    assert str(cut.standby_zsk_tag) in fired["annotations"]["description"]
+    pd_actions = [b["event_action"] for b in alertmanager.received(PAGERDUTY_PATH)]
+    assert pd_actions[0] == "trigger" and "resolve" in pd_actions
+    # Our own PagerDuty channel: trigger(s) and one resolve, all with the incident id.
+    pd = http_receiver.received("/pd")
+    assert {b["dedup_key"] for b in pd} == {inc_id}
+    assert pd[0]["event_action"] == "trigger" and pd[-1]["event_action"] == "resolve"
+    assert [b["event_action"] for b in pd].count("resolve") == 1
+    hooks = http_receiver.received("/hook")
+    assert hooks[0]["event"] == "open" and hooks[-1]["event"] == "resolve"
+    assert hooks[0]["incident"]["id"] == inc_id and hooks[0]["incident"]["zone"] == CUT
+    # Self-metrics saw it all; the routing key never reached the logs.
+    assert "dnssec_probe_rounds_total" in metrics and 'verdict="bogus"' in metrics
+    assert "pd-secret-key" not in d.log_path.read_text()
+    assert [i["id"] for i in incidents_cli(tmp_path / "state")] == [inc_id]
