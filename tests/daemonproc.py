@@ -92,10 +92,12 @@ class DaemonProc:
                 raise AssertionError(f"timed out waiting for {what}:\n{self.tail()}")
             time.sleep(0.1)
 
-    def wait_rounds(self, total: int, timeout: float) -> None:
-        """Wait until `total` rounds (full or partial) have finished since start."""
-        self.wait_for(lambda e: e.get("event") == "round" and e["round_seq"] >= total,
-                      timeout, f"round {total}")
+    def wait_rounds(self, n: int, timeout: float) -> None:
+        """Wait until `n` more rounds (full or partial) have finished."""
+        self.read()
+        target = self._rounds + n
+        self.wait_for(lambda e: e.get("event") == "round" and e["round_seq"] >= target,
+                      timeout, f"round {target}")
 
     def of(self, event: str) -> list[dict[str, Any]]:
         self.read()

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,43 @@ def test_cutover_opens_one_incident_pages_and_resolves(
     assert "dnssec_probe_rounds_total" in metrics and 'verdict="bogus"' in metrics
     assert "pd-secret-key" not in d.log_path.read_text()
     assert [i["id"] for i in incidents_cli(tmp_path / "state")] == [inc_id]
+
+
+OUTAGE_ROUNDS = 8  # a few backoff steps (1, 2, 4 s ...) pass while it is away
+
+
+def test_influxdb_outage_loses_nothing_and_writes_nothing_twice(
+        lab: Lab, influxdb: Any, influx_db: str, tmp_path: Path) -> None:
+    """InfluxDB stops for a while in the middle of a run: rounds go on, their points wait in
+    the spool, and once it is back every point of every round is there exactly once."""
+    metrics_port = free_port()
+    settings = lab_settings(lab, tmp_path, [BASE, BROKEN], interval=1.0,
+                            influx_url=influxdb.url, influx_db=influx_db,
+                            metrics_listen=f"127.0.0.1:{metrics_port}")
+    d = DaemonProc(tmp_path, settings).start()
+    try:
+        d.wait_rounds(2, 20)
+        influxdb.stop()
+        d.wait_rounds(OUTAGE_ROUNDS, OUTAGE_ROUNDS * 3 + 10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5) as r:
+            raise AssertionError(f"healthy while InfluxDB is down: {r.read()!r}")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 503 and json.load(exc)["last_write_ok"] is False
+        influxdb.start()
+        d.wait_for(lambda e: e.get("event") == "delivery-recovered", 90, "delivery recovered")
+        d.wait_rounds(1, 10)
+    finally:
+        assert d.stop() == 0
+        influxdb.ensure_running()
+    rounds = {r["round"]: r["checks"] for r in influx_rows(influxdb.query(
+        'SELECT "round", checks FROM dnssec_round', influx_db))}
+    logged = {e["round"]: e["checks"] for e in d.of("round")}
+    assert rounds == logged and len(rounds) >= OUTAGE_ROUNDS + 3
+    for number, checks in rounds.items():
+        (row,) = influx_rows(influxdb.query(
+            f'SELECT count(qname) FROM dnssec_check WHERE "round" = {number}', influx_db))
+        assert row["count"] == checks == 8, (number, row)
+    # It did go through the spool: the outage was seen, and the backlog written afterwards.
+    failed = d.of("delivery-failed")
+    assert failed and failed[0]["code"] == "connect-failed"
+    assert d.of("delivery-recovered")[0]["failed_attempts"] >= 2

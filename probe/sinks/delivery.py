@@ -143,7 +143,7 @@ class Delivery:
         self._log.info(
             "delivery stopped; %d lines wait in the spool",
             self.spool.lines,
-            extra={
+            extra={"event": "delivery-stopped",
                 "sink": self.sink.name,
                 "spool_batches": self.spool.batches,
                 "spool_bytes": self.spool.bytes,
@@ -204,7 +204,7 @@ class Delivery:
                     type(exc).__name__,
                     exc,
                     exc_info=exc,
-                    extra={"sink": self.sink.name, "code": "internal-error"},
+                    extra={"event": "delivery-error", "sink": self.sink.name, "code": "internal-error"},
                 )
                 exc = DeliveryRetryable(str(exc), code="internal-error")
             self._retry_later(chunk, exc)
@@ -230,7 +230,7 @@ class Delivery:
                 "delivery to %s works again after %d failed attempts",
                 self.sink.name,
                 self._failures,
-                extra={
+                extra={"event": "delivery-recovered",
                     "sink": self.sink.name,
                     "failed_attempts": self._failures,
                     "outage_seconds": round(self._clock() - (self._failing_since or self._clock()), 3),
@@ -260,7 +260,7 @@ class Delivery:
             chunk.nlines,
             path,
             why,
-            extra={
+            extra={"event": "delivery-rejected",
                 "sink": self.sink.name,
                 "code": exc.code,
                 "status": exc.status,
@@ -286,7 +286,7 @@ class Delivery:
             self.sink.name,
             self.spool.lines,
             exc,
-            extra={
+            extra={"event": "delivery-failed",
                 "sink": self.sink.name,
                 "code": exc.code,
                 "status": exc.status,
@@ -316,7 +316,8 @@ class Delivery:
                     "spool write failed, %d lines lost: %s",
                     chunk.nlines,
                     err,
-                    extra={"sink": self.sink.name, "code": "spool-io-error", "lines": chunk.nlines},
+                    extra={"event": "spool-lost", "sink": self.sink.name,
+                           "code": "spool-io-error", "lines": chunk.nlines},
                 )
                 continue
             if seq is not None:
@@ -331,7 +332,7 @@ class Delivery:
                 self.spool.max_bytes,
                 dropped,
                 self.spool.dropped_batches - dropped_batches,
-                extra={
+                extra={"event": "spool-dropped",
                     "sink": self.sink.name,
                     "dropped_lines": dropped,
                     "dropped_batches": self.spool.dropped_batches - dropped_batches,
