@@ -203,14 +203,16 @@ def test_cutover_opens_one_incident_pages_and_resolves(
         return [a["status"] for b in alertmanager.received(WEBHOOK_PATH) for a in b["alerts"]
                 if a["labels"].get("zone") == CUT]
 
-    alertmanager.wait_for(lambda: "resolved" in am_statuses(), 15)
+    def pd_actions() -> list[str]:
+        return [b["event_action"] for b in alertmanager.received(PAGERDUTY_PATH)]
+
+    alertmanager.wait_for(lambda: "resolved" in am_statuses() and "resolve" in pd_actions(), 15)
     assert am_statuses()[0] == "firing"
     fired = next(a for b in alertmanager.received(WEBHOOK_PATH) for a in b["alerts"])
     assert fired["labels"]["alertname"] == "DNSSECValidationFailure"
     assert fired["labels"]["kind"] == "stale-dnskey-cache" and fired["labels"]["vantage"] == "lab"
     assert str(cut.standby_zsk_tag) in fired["annotations"]["description"]
-    pd_actions = [b["event_action"] for b in alertmanager.received(PAGERDUTY_PATH)]
-    assert pd_actions[0] == "trigger" and "resolve" in pd_actions
+    assert pd_actions()[0] == "trigger"
     # Our own PagerDuty channel: trigger(s) and one resolve, all with the incident id.
     pd = http_receiver.received("/pd")
     assert {b["dedup_key"] for b in pd} == {inc_id}

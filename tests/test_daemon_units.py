@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -248,6 +249,16 @@ def test_state_survives_reopen_and_is_locked(tmp_path: Path) -> None:
 # ---- logs -------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """logs.setup() reconfigures the dnssec_probe logger; put it back for caplog users."""
+    logger = logging.getLogger("dnssec_probe")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_json_and_text_log_lines() -> None:
     buf = io.StringIO()
     logs.setup(json_lines=True, stream=buf)

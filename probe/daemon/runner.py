@@ -120,7 +120,8 @@ class Monitor:
             if wait > 0 and not await self._sleep(wait):
                 break
             started = self.clock()
-            await self._round(started)
+            cpu0 = time.process_time()
+            await self._round(started, cpu0)
             done_k = slot.k
             if self.clock() > t0 + (slot.k + 1) * sched.interval:
                 self.metrics.overruns.inc()
@@ -136,7 +137,7 @@ class Monitor:
             return True
         return False
 
-    async def _round(self, started: float) -> None:
+    async def _round(self, started: float, cpu0: float) -> None:
         number = self.store.last_round() + 1
         collected: list[CheckResult] = []
         total = sum(len(z.probes) for z in self.zones) * len(self.resolvers)
@@ -177,7 +178,7 @@ class Monitor:
         self.writer.submit(to_lines(points))
         self._commit(number, events, end)
         self.pager.kick(list(self.open.values()))
-        self._account(results, rnd)
+        self._account(results, rnd, time.process_time() - cpu0)
 
     def _commit(self, number: int, events: Sequence[IncidentEvent], now: float) -> None:
         self.store.commit_round(number, [e.incident for e in events], self.pager.items(events),
@@ -191,7 +192,7 @@ class Monitor:
                 "rrsig_keytags": list(i.rrsig_keytags), "cached_keytags": list(i.cached_keytags),
                 "recovers_at": i.recovers_at, "detail": i.detail})
 
-    def _account(self, results: Sequence[CheckResult], rnd: RoundInfo) -> None:
+    def _account(self, results: Sequence[CheckResult], rnd: RoundInfo, cpu_s: float) -> None:
         m = self.metrics
         verdicts = Counter(r.classification.verdict for r in results)
         for v, n in verdicts.items():
@@ -207,6 +208,7 @@ class Monitor:
         summary = ", ".join(f"{verdicts[v]} {v.value}" for v in Verdict if verdicts[v])
         log.info(f"round {rnd.number} done: {len(results)} checks ({summary or 'none'})", extra={
             "event": "round", "round": rnd.number, "checks": len(results),
-            "duration_s": round(rnd.duration_s, 3), "partial": rnd.partial,
+            "duration_s": round(rnd.duration_s, 3), "cpu_s": round(cpu_s, 3),
+            "partial": rnd.partial,
             "verdicts": {v.value: n for v, n in verdicts.items()},
             "open_incidents": len(self.open)})

@@ -108,7 +108,8 @@ def _is_secure(resp: dns.message.Message) -> bool:
 class Lab:
     """A private signed hierarchy (NSD) and validating resolvers on 127.53.0.0/16."""
 
-    def __init__(self, workdir: pathlib.Path, *, resolvers: Sequence[str] = ALL_RESOLVERS) -> None:
+    def __init__(self, workdir: pathlib.Path, *, resolvers: Sequence[str] = ALL_RESOLVERS,
+                 unbound_aliases: Sequence[str] = ()) -> None:
         unknown = set(resolvers) - set(ALL_RESOLVERS)
         if unknown:
             raise ValueError(f"unknown resolvers: {sorted(unknown)}")
@@ -123,6 +124,8 @@ class Lab:
         self._auth: dict[str, Daemon] = {}  # address -> NSD
         self._res: dict[str, Daemon] = {}  # resolver name -> daemon
         self._added_addrs: list[str] = []
+        # Extra addresses the lab's Unbound also listens on (127/8 needs no interface alias).
+        self.unbound_aliases = tuple(unbound_aliases)
 
     # ----------------------------------------------------------------- layout
     @property
@@ -292,6 +295,7 @@ class Lab:
                 root_ds=self.root_ds,
                 root_ns=zones.ROOT_NS,
                 root_addr=zones.ROOT_ADDR,
+                aliases=self.unbound_aliases if r.name == "unbound" else (),
             )
             self._res[r.name] = d
             d.start()

@@ -121,6 +121,7 @@ def resolver_daemon(
     root_ns: str,
     root_addr: str,
     bogus_ttl: int = 1,
+    aliases: Sequence[str] = (),
 ) -> Daemon:
     """Write a fresh config (and empty cache) for one validating resolver."""
     if rundir.exists():
@@ -137,6 +138,8 @@ def resolver_daemon(
                 hints=hints,
                 anchor=anchor,
                 bogus_ttl=bogus_ttl,
+                # more addresses of the same resolver (benchmarks: many "resolvers", one cache)
+                aliases="".join(f"    interface: {a}\n" for a in aliases),
             )
         )
         return Daemon(kind, ["unbound", "-d", "-c", str(conf)], rundir, rundir / "unbound.log")
