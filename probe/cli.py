@@ -232,11 +232,13 @@ def incidents(state_dir: str | None, as_json: bool, show_all: bool) -> None:
         click.echo(json.dumps({"incidents": [i.to_dict() for i in found]}, indent=2))
         return
     console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
-    table = Table("id", "state", "kind", "affected", "resolvers", "signed by", "cached",
+    table = Table("state", "kind", "affected", "resolvers", "signed by", "cached",
                   "recovers by", title="incidents")
+    table.add_column("id", no_wrap=True)
+    table.columns.insert(0, table.columns.pop())
     for i in found:
         table.add_row(i.id, "open" if i.is_open else f"resolved {iso(i.resolved_at or 0)}",
-                      i.kind, str(i.affected), ", ".join(i.resolvers),
+                      i.kind, f"{i.affected} (max {i.max_affected})", ", ".join(i.resolvers),
                       ", ".join(map(str, i.rrsig_keytags)) or "-",
                       ", ".join(map(str, i.cached_keytags)) or "-",
                       iso(i.recovers_at) if i.recovers_at else "-")

@@ -72,6 +72,7 @@ class Incident:
     recovers_at: float | None  # latest predicted recovery among the affected resolvers
     clean_rounds: int = 0  # consecutive rounds with no bogus resolver
     resolved_at: float | None = None
+    max_affected: int = 0  # the most resolvers bogus at once while it was open
 
     @property
     def affected(self) -> int:
@@ -113,6 +114,7 @@ class Incident:
             "updated_at": self.updated_at,
             "resolved_at": self.resolved_at,
             "clean_rounds": self.clean_rounds,
+            "max_affected": self.max_affected,
         }
 
     @classmethod
@@ -129,6 +131,7 @@ class Incident:
             recovers_at=None if rec is None else float(rec),
             clean_rounds=int(d.get("clean_rounds", 0)),
             resolved_at=None if res is None else float(res),
+            max_affected=int(d.get("max_affected", len(d["resolvers"]))),
         )
 
 
@@ -200,7 +203,8 @@ def step(
         if inc is None:
             if len(zr.bogus) >= policy.open_min_resolvers:
                 s = _summarise(zr.bogus)
-                new = Incident(incident_id(zr.zone, now), zr.zone, now, now, **s)
+                new = Incident(incident_id(zr.zone, now), zr.zone, now, now, **s,
+                               max_affected=len(zr.bogus))
                 out[zr.zone] = new
                 events.append(IncidentEvent(EventKind.OPEN, new, now))
             continue
@@ -215,7 +219,8 @@ def step(
             continue
         s = _summarise(zr.bogus)
         if _changed(inc, s):
-            upd = replace(inc, **s, clean_rounds=0, updated_at=now)
+            upd = replace(inc, **s, clean_rounds=0, updated_at=now,
+                          max_affected=max(inc.max_affected, len(zr.bogus)))
             out[zr.zone] = upd
             events.append(IncidentEvent(EventKind.UPDATE, upd, now))
         else:

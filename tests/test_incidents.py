@@ -63,6 +63,7 @@ def test_updates_only_when_the_facts_change_and_resolves_after_clean_rounds() ->
                      (7, EventKind.RESOLVE)]
     resolved = events[-1][1].incident
     assert resolved.resolved_at == 170.0 and not resolved.is_open
+    assert resolved.affected == 1 and resolved.max_affected == 3
     assert resolved.id == events[0][1].incident.id  # one incident from open to resolve
     assert not open_
 

@@ -208,7 +208,9 @@ class Monitor:
         summary = ", ".join(f"{verdicts[v]} {v.value}" for v in Verdict if verdicts[v])
         log.info(f"round {rnd.number} done: {len(results)} checks ({summary or 'none'})", extra={
             "event": "round", "round": rnd.number, "checks": len(results),
-            "duration_s": round(rnd.duration_s, 3), "cpu_s": round(cpu_s, 3),
+            "duration_s": round(rnd.duration_s, 3),
+            # the whole round: sweep, points, incidents, hand-over to the writer
+            "total_s": round(self.clock() - rnd.started, 3), "cpu_s": round(cpu_s, 3),
             "partial": rnd.partial,
             "verdicts": {v.value: n for v, n in verdicts.items()},
             "open_incidents": len(self.open)})
