@@ -265,3 +265,23 @@ def test_influxdb_outage_loses_nothing_and_writes_nothing_twice(
     failed = d.of("delivery-failed")
     assert failed and failed[0]["code"] == "connect-failed"
     assert d.of("delivery-recovered")[0]["failed_attempts"] >= 2
+
+
+def test_influx_v2_api_through_influxdb_client_to_victoriametrics(
+        lab: Lab, vm: Any, tmp_path: Path) -> None:
+    """influx_api = "v2": the influxdb-client write path, read back from VictoriaMetrics."""
+    settings = lab_settings(lab, tmp_path, [BASE, BROKEN], interval=0.5, rounds=3,
+                            vantage="vm-e2e", influx_url=vm.url, influx_api="v2",
+                            influx_org="lab", influx_bucket="dnssec")
+    d = DaemonProc(tmp_path, settings, env={"DNSSEC_PROBE_INFLUX_TOKEN": "vm-token"}).start()
+    assert d.proc is not None and d.proc.wait(30) == 0, d.tail()
+    assert [e["checks"] for e in d.of("round")] == [8, 8, 8]
+    assert d.of("stopped")[0]["spool_batches"] == 0
+    rounds = vm.wait_export('{__name__="dnssec_round_checks",vantage="vm-e2e"}', samples=3)
+    assert [v for s in rounds for v in s["values"]] == [8, 8, 8]
+    rtts = vm.wait_export('{__name__="dnssec_check_rtt_ms",vantage="vm-e2e"}', samples=24)
+    assert sum(len(s["values"]) for s in rtts) == 24
+    bogus = vm.wait_export('{__name__="dnssec_zone_bogus",vantage="vm-e2e"}', samples=6)
+    by_zone = {s["metric"]["zone"]: s["values"] for s in bogus}
+    assert by_zone == {BASE: [0, 0, 0], BROKEN: [4, 4, 4]}
+    assert "vm-token" not in d.log_path.read_text()

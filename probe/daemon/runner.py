@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from probe.codes import Verdict
 from probe.daemon.metrics import Metrics
 from probe.daemon.schedule import next_slot
-from probe.engine import CheckResult, Engine
+from probe.engine import CheckResult
 from probe.incidents import EventKind, Incident, IncidentEvent, IncidentPolicy, retire, step
 from probe.points import (
     RoundInfo,
@@ -41,6 +41,12 @@ from probe.state import OutboxItem, StateStore
 from probe.zones import ZoneSpec
 
 log = logging.getLogger("dnssec_probe.daemon")
+
+
+class Sweeper(Protocol):
+    async def sweep(self, zones: Sequence[ZoneSpec], resolvers: Sequence[ResolverSpec], *,
+                    progress: Callable[[CheckResult], None] | None = None
+                    ) -> list[CheckResult]: ...
 
 
 class Writer(Protocol):
@@ -68,7 +74,7 @@ class Monitor:
     """Runs rounds until told to stop or `rounds` are done. Dependencies are passed in."""
 
     def __init__(self, *, zones: Sequence[ZoneSpec], resolvers: Sequence[ResolverSpec],
-                 engine: Engine, store: StateStore, writer: Writer, pager: Pager,
+                 engine: Sweeper, store: StateStore, writer: Writer, pager: Pager,
                  metrics: Metrics, policy: IncidentPolicy, schedule: Schedule, vantage: str,
                  clock: Callable[[], float] = time.time, progress: bool = False) -> None:
         self.zones = list(zones)

@@ -1,0 +1,135 @@
+"""The round loop in-process: rounds never overlap, overruns are counted, a stop writes a partial
+round and leaves incidents alone, a restart restores open incidents without a new event."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from test_daemon_units import round_results
+
+from probe.alerts import AlertStats
+from probe.alerts.dispatch import Alerter
+from probe.daemon.metrics import Metrics
+from probe.daemon.runner import Monitor, Schedule
+from probe.engine import CheckResult
+from probe.incidents import IncidentPolicy
+from probe.resolvers import ResolverSpec
+from probe.sinks import DeliveryStats
+from probe.state import StateStore
+from probe.zones import ZoneSpec
+
+
+class FakeSweep:
+    """Stands in for the engine: takes `delay` seconds, reports results one by one."""
+
+    def __init__(self, delay: float, results: list[CheckResult]) -> None:
+        self.delay = delay
+        self.results = results
+        self.active = 0
+        self.max_active = 0
+        self.calls = 0
+
+    async def sweep(self, zones: Sequence[ZoneSpec], resolvers: Sequence[ResolverSpec], *,
+                    progress: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
+        self.calls += 1
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            for r in self.results:
+                await asyncio.sleep(self.delay / len(self.results))
+                if progress:
+                    progress(r)
+            return list(self.results)
+        finally:
+            self.active -= 1
+
+
+class ListWriter:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def submit(self, lines: list[str]) -> None:
+        self.lines += lines
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def shutdown(self, timeout: float) -> None:
+        return None
+
+    async def flush(self, timeout: float) -> bool:
+        return True
+
+
+def monitor(store: StateStore, sweep: FakeSweep, writer: ListWriter, *, interval: float,
+            rounds: int) -> Monitor:
+    results = sweep.results
+    metrics = Metrics(DeliveryStats(), AlertStats(), lambda: 0)
+    return Monitor(
+        zones=[results[0].zone], resolvers=sorted({r.resolver for r in results},
+                                                  key=lambda r: r.name),
+        engine=sweep, store=store, writer=writer,
+        pager=Alerter([], store, AlertStats(), vantage="t"), metrics=metrics,
+        policy=IncidentPolicy(), schedule=Schedule(interval, rounds, 0.0), vantage="t")
+
+
+async def test_overrunning_rounds_never_overlap_and_are_counted(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    sweep, writer = FakeSweep(0.3, round_results()), ListWriter()
+    m = monitor(store, sweep, writer, interval=0.1, rounds=3)
+    t0 = time.monotonic()
+    await m.run()
+    assert sweep.calls == 3 and sweep.max_active == 1
+    assert time.monotonic() - t0 < 1.5  # each next round started at once, no waiting
+    assert m.metrics.registry.get_sample_value("dnssec_probe_round_overruns_total") == 3
+    rounds = [ln for ln in writer.lines if ln.startswith("dnssec_round,")]
+    assert len(rounds) == 3 and all("overrun=true" in ln for ln in rounds)
+    assert store.last_round() == 3 and len(m.open) == 1  # 2 bogus resolvers: one incident
+    store.close()
+
+
+async def test_rounds_keep_the_grid(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    sweep, writer = FakeSweep(0.05, round_results()), ListWriter()
+    m = monitor(store, sweep, writer, interval=0.25, rounds=4)
+    t0 = time.monotonic()
+    await m.run()
+    took = time.monotonic() - t0
+    assert 0.75 <= took < 1.2, took  # starts at 0, .25, .5, .75: no drift from sweep time
+    assert m.metrics.registry.get_sample_value("dnssec_probe_round_overruns_total") == 0
+    store.close()
+
+
+async def test_stop_mid_round_writes_a_partial_round_and_leaves_incidents(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    sweep, writer = FakeSweep(2.0, round_results()), ListWriter()
+    m = monitor(store, sweep, writer, interval=10.0, rounds=0)
+    task = asyncio.create_task(m.run())
+    await asyncio.sleep(0.8)  # 2 of 6 checks reported
+    m.request_stop()
+    await asyncio.wait_for(task, 2)
+    checks = [ln for ln in writer.lines if ln.startswith("dnssec_check,")]
+    (rnd,) = [ln for ln in writer.lines if ln.startswith("dnssec_round,")]
+    assert 1 <= len(checks) < 6 and f"checks={len(checks)}i" in rnd and "partial=true" in rnd
+    assert not m.open and not store.open_incidents()  # a partial round decides nothing
+    assert m.metrics.health.last_round_ok is False
+    store.close()
+
+
+async def test_restart_restores_open_incidents_without_a_new_event(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    writer = ListWriter()
+    await monitor(store, FakeSweep(0.01, round_results()), writer, interval=0.05, rounds=1).run()
+    opened = [ln for ln in writer.lines if ln.startswith("dnssec_incident,")]
+    assert len(opened) == 1 and "event=open" in opened[0]
+    store.close()
+    store = StateStore(tmp_path)
+    writer2 = ListWriter()
+    m = monitor(store, FakeSweep(0.01, round_results()), writer2, interval=0.05, rounds=2)
+    await m.run()
+    assert not [ln for ln in writer2.lines if ln.startswith("dnssec_incident,")]
+    assert len(m.open) == 1 and store.last_round() == 3
+    store.close()
