@@ -21,7 +21,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     blocks = re.findall(r"```sh\n(.*?)\n```", README, re.S)
     assert len(blocks) >= 2, "README must show the install/run and the test command"
     install, test = blocks[0].strip(), blocks[1].strip()
-    assert "pip install ." in install and "dnssec-probe check" in install
+    assert "pip install ." in install and "dnssec-probe run" in install
     ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test in ci_lines
 
