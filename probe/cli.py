@@ -212,18 +212,20 @@ def run(config_file: str | None, check_config: bool, **flags: Any) -> None:
 
 @cli.command()
 @click.option("--state-dir", metavar="DIR", help="The daemon's state_dir (default as `run`).")
+@click.option("--config", "config_file", metavar="FILE",
+              help="Take state_dir from the daemon's TOML file.")
 @click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
 @click.option("--all", "show_all", is_flag=True, help="Past (resolved) incidents too.")
-def incidents(state_dir: str | None, as_json: bool, show_all: bool) -> None:
+def incidents(state_dir: str | None, config_file: str | None, as_json: bool,
+              show_all: bool) -> None:
     """List open incidents (and with --all, past ones) from the daemon's state."""
-    from probe.daemon.config import default_state_dir
+    from probe.daemon.config import default_state_dir, load_file
     from probe.incidents import iso
     from probe.state import StateStore
 
-    path = Path(state_dir or default_state_dir()).expanduser()
-    if not (path / "state.sqlite3").is_file():
-        raise ConfigError("no daemon state here (state.sqlite3 missing)", path=str(path))
-    store = StateStore(path, lock=False)
+    # Only state_dir is needed: secrets named in the file are not read (no permission needed).
+    from_file = load_file(config_file).get("state_dir", "") if config_file else ""
+    store = StateStore.reader(Path(state_dir or from_file or default_state_dir()).expanduser())
     try:
         found = store.incidents(include_resolved=show_all)
     finally:

@@ -36,10 +36,12 @@ class BogusView:
 
 @dataclass(frozen=True, slots=True)
 class ZoneRound:
-    """What one round saw for one zone: resolvers that answered bogus, by name."""
+    """What one round saw for one zone: resolvers that answered bogus, by name, and how many
+    resolvers gave a definite answer (secure, insecure or bogus; not a timeout or SERVFAIL)."""
 
     zone: str
     bogus: Mapping[str, BogusView]
+    answered: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,7 @@ class IncidentEvent:
     event: EventKind
     incident: Incident
     at: float
+    previous_kind: str | None = None  # on an update that changed the dominant kind
 
 
 def iso(t: float) -> str:
@@ -193,8 +196,8 @@ def step(
 
     A zone opens when at least `open_min_resolvers` resolvers answer bogus in one round; an open
     incident follows the affected set and the diagnosis, and resolves after `resolve_rounds`
-    consecutive rounds in which no resolver answered bogus. Zones absent from `rounds` (not
-    checked this round) keep their incident unchanged.
+    consecutive clean rounds: no resolver answered bogus and at least `open_min_resolvers` gave
+    a definite answer. Zones absent from `rounds` (not checked) keep their incident unchanged.
     """
     out = dict(open_incidents)
     events: list[IncidentEvent] = []
@@ -209,6 +212,10 @@ def step(
                 events.append(IncidentEvent(EventKind.OPEN, new, now))
             continue
         if not zr.bogus:
+            if zr.answered < policy.open_min_resolvers:
+                # Blind, not clean (say the vantage lost its uplink): too few resolvers answered
+                # to tell that the zone recovered, so the countdown to resolve does not move.
+                continue
             clean = inc.clean_rounds + 1
             if clean >= policy.resolve_rounds:
                 done = replace(inc, clean_rounds=clean, resolved_at=now, updated_at=now)
@@ -222,7 +229,8 @@ def step(
             upd = replace(inc, **s, clean_rounds=0, updated_at=now,
                           max_affected=max(inc.max_affected, len(zr.bogus)))
             out[zr.zone] = upd
-            events.append(IncidentEvent(EventKind.UPDATE, upd, now))
+            events.append(IncidentEvent(EventKind.UPDATE, upd, now,
+                                        inc.kind if upd.kind != inc.kind else None))
         else:
             out[zr.zone] = replace(inc, clean_rounds=0, recovers_at=s["recovers_at"])
     return out, events

@@ -50,22 +50,38 @@ class RoundInfo:
     partial: bool = False  # stopped (SIGTERM) before every check was done
 
 
-def check_points(results: Sequence[CheckResult], rnd: RoundInfo) -> list[Point]:
-    """One dnssec_check point per check, at its send time. Two checks of one round with the
-    same tag set (names of one zone) never share a timestamp: a collision moves the later one
-    forward by 1 ns, so neither overwrites the other."""
+def _tags(r: CheckResult) -> tuple[str, str, str, str, str]:
+    d = r.diagnosis
+    return (r.resolver.name, r.zone.name, r.probe.qtype, r.classification.verdict.value,
+            d.kind.value if d else "none")
+
+
+def check_times(results: Sequence[CheckResult]) -> list[int]:
+    """Each check's send time in ns, spread so that two checks with the same tag set (names of
+    one zone through one resolver) are at least 1 ms apart: neither InfluxDB (same series and
+    time) nor a millisecond store like VictoriaMetrics can then fold them into one point."""
+    times = [0] * len(results)
     last: dict[tuple[str, ...], int] = {}
+    for i in sorted(range(len(results)), key=lambda i: results[i].observation.started):
+        tags = _tags(results[i])
+        t = ns(results[i].observation.started)
+        prev = last.get(tags)
+        if prev is not None and t < prev + _MS:
+            t = prev + _MS
+        times[i] = last[tags] = t
+    return times
+
+
+_MS = 1_000_000
+
+
+def check_points(results: Sequence[CheckResult], rnd: RoundInfo) -> list[Point]:
+    """One dnssec_check point per check, at its send time (see check_times)."""
     out: list[Point] = []
-    for r in results:
+    for r, t in zip(results, check_times(results), strict=True):
         o = r.observation
         d = r.diagnosis
-        tags = (r.resolver.name, r.zone.name, r.probe.qtype, r.classification.verdict.value,
-                d.kind.value if d else "none")
-        t = ns(o.started)
-        prev = last.get(tags)
-        if prev is not None and t <= prev:
-            t = prev + 1
-        last[tags] = t
+        tags = _tags(r)
         p = (Point(M_CHECK).tag("vantage", rnd.vantage).tag("resolver", tags[0])
              .tag("zone", tags[1]).tag("qtype", tags[2]).tag("verdict", tags[3])
              .tag("diagnosis", tags[4])
@@ -116,10 +132,15 @@ def zone_points(worst: dict[str, dict[str, CheckResult]], rnd: RoundInfo) -> lis
     return out
 
 
+_DEFINITE = frozenset({Verdict.SECURE, Verdict.INSECURE, Verdict.BOGUS})
+
+
 def zone_rounds(worst: dict[str, dict[str, CheckResult]]) -> list[ZoneRound]:
-    """The incident state machine's input: per zone, the resolvers that answered bogus."""
+    """The incident state machine's input: per zone, the resolvers that answered bogus and how
+    many gave a definite answer at all."""
     out = []
     for zone, per in worst.items():
+        answered = sum(1 for r in per.values() if r.classification.verdict in _DEFINITE)
         bogus: dict[str, BogusView] = {}
         for name, r in per.items():
             if r.classification.verdict is not Verdict.BOGUS:
@@ -131,7 +152,7 @@ def zone_rounds(worst: dict[str, dict[str, CheckResult]]) -> list[ZoneRound]:
                 cached_keytags=d.cached_dnskey_keytags if d else (),
                 recovers_at=d.recovers_at if d else None,
             )
-        out.append(ZoneRound(zone, bogus))
+        out.append(ZoneRound(zone, bogus, answered))
     return out
 
 

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_try REAL NOT NULL,
     last_error TEXT NOT NULL DEFAULT '',
+    rejected INTEGER NOT NULL DEFAULT 0,  -- refused by the receiver: kept, never retried
     UNIQUE (channel, key)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,12 +73,12 @@ class StateStore:
 
     def __init__(self, state_dir: Path, *, lock: bool = True) -> None:
         self.dir = state_dir
+        self._lock_fd: int | None = None
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create state directory ({exc.strerror})",
                               path=str(state_dir)) from None
-        self._lock_fd: int | None = None
         if lock:
             fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -91,6 +92,22 @@ class StateStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+
+    @classmethod
+    def reader(cls, state_dir: Path) -> StateStore:
+        """Read-only access for `dnssec-probe incidents`, beside a running daemon, as any user
+        who may read the files: no lock, no schema changes."""
+        path = state_dir / "state.sqlite3"
+        if not path.is_file():
+            raise ConfigError("no daemon state here (state.sqlite3 missing)", path=str(state_dir))
+        store = cls.__new__(cls)
+        store.dir, store._lock_fd = state_dir, None
+        try:
+            store.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            store.db.execute("SELECT 1 FROM incidents LIMIT 1")
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot read the daemon state ({exc})", path=str(path)) from None
+        return store
 
     def close(self) -> None:
         self.db.close()
@@ -147,7 +164,7 @@ class StateStore:
         an alert waiting for its retry holds back the later ones (no resolve before its open)."""
         rows = self.db.execute(
             "SELECT seq, channel, key, body, created, attempts, next_try, last_error FROM outbox"
-            " WHERE channel = ? ORDER BY seq LIMIT ?", (channel, limit)).fetchall()
+            " WHERE channel = ? AND rejected = 0 ORDER BY seq LIMIT ?", (channel, limit)).fetchall()
         return [OutboxRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
 
     def outbox_done(self, seq: int) -> None:
@@ -159,5 +176,25 @@ class StateStore:
             (next_try, error, seq),
         )
 
+    def outbox_reject(self, seq: int, *, error: str) -> None:
+        """The receiver refused this alert as a bad request: keep it (for people), stop trying."""
+        self.db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, rejected = 1, last_error = ? WHERE seq = ?",
+            (error, seq))
+
     def outbox_size(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        """Alerts still to deliver (rejected ones not counted)."""
+        return int(self.db.execute("SELECT count(*) FROM outbox WHERE rejected = 0").fetchone()[0])
+
+    def outbox_rejected(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM outbox WHERE rejected = 1").fetchone()[0])
+
+    def outbox_channels(self) -> set[str]:
+        """Channels that still have alerts to deliver."""
+        rows = self.db.execute("SELECT DISTINCT channel FROM outbox WHERE rejected = 0")
+        return {r[0] for r in rows}
+
+    def outbox_drop_channel(self, channel: str) -> int:
+        """Forget the queued alerts of a channel no longer configured; how many there were."""
+        cur = self.db.execute("DELETE FROM outbox WHERE channel = ? AND rejected = 0", (channel,))
+        return int(cur.rowcount)

@@ -89,11 +89,13 @@ def test_sigterm_mid_round_loses_nothing_and_restart_pages_nothing_twice(
         assert d.stop() == 0
     state = tmp_path / "state"
     # A slow second run (rate-limited, so a round takes seconds): stop it mid-round.
-    slow = DaemonProc(tmp_path / "second", {**settings, "qps": 2.0, "interval": 30.0})
+    slow = DaemonProc(tmp_path / "second", {**settings, "qps": 1.0, "interval": 30.0})
     slow.start()
     try:
         slow.wait_for(lambda e: e.get("event") == "restore", 15, "restore")
-        time.sleep(1.5)  # inside round 1: 8 checks at 2 q/s per resolver take ~1-2 s plus follow-ups
+        # Inside round 1: at 1 q/s per resolver its 2 checks and the bogus zone's follow-ups
+        # (CD=1 data, DNSKEY, DS, NS, A, AAAA through the same resolver) take over 5 s.
+        time.sleep(1.5)
         t0 = time.monotonic()
     finally:
         rc = slow.stop()

@@ -24,6 +24,7 @@ from probe.observation import EdeObs, Observation, Outcome
 from probe.points import (
     RoundInfo,
     check_points,
+    check_times,
     incident_points,
     resolver_verdicts,
     round_point,
@@ -41,7 +42,7 @@ from probe.zones import ProbeName, ZoneSpec
 def test_rounds_stay_on_the_grid_whatever_they_take() -> None:
     rng = random.Random(1)
     s0 = next_slot(1000.0, 60.0, None, 1000.0, 0.0, rng)
-    assert (s0.k, s0.start, s0.late) == (0, 1000.0, False)
+    assert (s0.k, s0.start) == (0, 1000.0)
     s1 = next_slot(1000.0, 60.0, 0, 1037.3, 0.0, rng)  # round 0 took 37.3 s
     assert (s1.k, s1.start) == (1, 1060.0)
     s2 = next_slot(1000.0, 60.0, 1, 1061.0, 0.0, rng)
@@ -51,9 +52,9 @@ def test_rounds_stay_on_the_grid_whatever_they_take() -> None:
 def test_an_overrun_starts_the_next_round_at_once_then_back_on_the_grid() -> None:
     rng = random.Random(1)
     late = next_slot(1000.0, 60.0, 0, 1150.0, 0.0, rng)  # round 0 ran 150 s
-    assert late.late and late.start == 1150.0 and late.k == 2
+    assert late.start == 1150.0 and late.k == 2  # at once, slot 1 skipped
     after = next_slot(1000.0, 60.0, late.k, 1170.0, 0.0, rng)
-    assert not after.late and after.start == 1180.0
+    assert after.start == 1180.0
 
 
 def test_jitter_is_bounded() -> None:
@@ -112,10 +113,20 @@ def test_check_points_schema_and_distinct_timestamps() -> None:
                   "round=7i", "rtt_ms=1.25"):
         assert field in first, field
     t1, t2 = int(first.rsplit(" ", 1)[1]), int(second.rsplit(" ", 1)[1])
-    assert t1 == 1700000000500000000 and t2 == t1 + 1  # moved, not overwritten
+    assert t1 == 1700000000500000000 and t2 == t1 + 1_000_000  # 1 ms later, not overwritten
     unreachable = lines[4]
     assert "verdict=unreachable" in unreachable and "diagnosis=none" in unreachable
     assert "rtt_ms" not in unreachable and "rcode" not in unreachable and "ede=-1i" in unreachable
+
+
+def test_same_tag_checks_are_spread_in_send_order() -> None:
+    """Results come in index order, sends in any order: spacing follows the send times."""
+    p1, p2 = ZONE.probes
+    late = result(RES[0], p1, Verdict.SECURE, t=1700000000.0002, rcode=0)
+    early = result(RES[0], p2, Verdict.SECURE, t=1700000000.0001, rcode=0)
+    t_late, t_early = check_times([late, early])
+    assert abs(t_early - 1700000000000100000) < 1000  # the earlier send keeps its time (float)
+    assert t_late == t_early + 1_000_000
 
 
 def test_zone_points_count_resolvers_by_worst_verdict() -> None:
@@ -127,7 +138,7 @@ def test_zone_points_count_resolvers_by_worst_verdict() -> None:
     zr = zone_rounds(worst)
     assert zr == [ZoneRound(ZONE.name, {
         "unbound": BogusView("stale-dnskey-cache", (47941,), (5510, 14201), 1700000020.0),
-        "bind": BogusView("stale-dnskey-cache", (47941,), (5510, 14201), 1700000020.0)})]
+        "bind": BogusView("stale-dnskey-cache", (47941,), (5510, 14201), 1700000020.0)}, 2)]
 
 
 def test_incident_and_round_points() -> None:
@@ -188,6 +199,24 @@ def test_bad_config_names_file_key_and_expectation(tmp_path: Path, text: str,
     with pytest.raises(ConfigError) as info:
         build(load_file(p), {})
     assert str(p) in str(info.value) and expected in str(info.value)
+
+
+# The settings issue 5 names (scripts and dashboards use them): they must exist as keys.
+CONTRACT_KEYS = {
+    "zones", "resolver", "resolvers", "interval", "rounds", "vantage", "state_dir",
+    "allow_local_auth", "influx_url", "influx_api", "influx_db", "influx_bucket", "influx_org",
+    "alertmanager_url", "webhook_url", "pagerduty_url", "pagerduty_key_env", "metrics_listen",
+    "influx_token_env", "influx_token_file", "open_min_resolvers", "resolve_rounds",
+}
+
+
+def test_contract_keys_exist_with_the_documented_defaults() -> None:
+    assert set(FIELDS) >= CONTRACT_KEYS
+    cfg = DaemonConfig()
+    assert (cfg.interval, cfg.rounds, cfg.open_min_resolvers, cfg.resolve_rounds) == (60, 0, 2, 3)
+    assert cfg.pagerduty_url == "https://events.pagerduty.com/v2/enqueue"
+    assert cfg.metrics_listen == ""  # off by default
+    assert cfg.influx_api in ("v1", "v2")
 
 
 def test_every_key_has_a_flag_of_the_same_name() -> None:
@@ -279,3 +308,36 @@ def test_example_config_lists_every_key_with_its_default() -> None:
     assert set(values) == set(FIELDS)
     cfg = build(values, {})
     assert cfg == DaemonConfig()
+
+
+def test_healthz_turns_bad_on_a_failed_write_or_a_hung_round() -> None:
+    from probe.alerts import AlertStats
+    from probe.daemon.metrics import Metrics
+    from probe.sinks import DeliveryStats
+
+    now = [1000.0]
+    d = DeliveryStats()
+    m = Metrics(d, AlertStats(), lambda: 0, stale_after=100.0, clock=lambda: now[0])
+    assert m.healthz()[0]  # starting: nothing failed yet
+    m.health.last_round_ok, m.health.last_round_end = True, 1010.0
+    d.last_write_ok = True
+    now[0] = 1100.0
+    assert m.healthz()[0]
+    d.last_write_ok = False
+    ok, body = m.healthz()
+    assert not ok and body["last_write_ok"] is False
+    d.last_write_ok = True
+    now[0] = 1111.0  # no round ended for over 100 s: the sweep hangs
+    ok, body = m.healthz()
+    assert not ok and body["rounds_stale"] is True
+
+
+def test_alerts_of_channels_no_longer_configured_are_dropped(tmp_path: Path) -> None:
+    from probe.daemon.app import drop_orphan_alerts
+
+    store = StateStore(tmp_path)
+    store.commit_round(1, [], [OutboxItem("webhook", "a", {}), OutboxItem("pagerduty", "a", {})],
+                       now=1.0)
+    drop_orphan_alerts(store, {"webhook"})
+    assert store.outbox_channels() == {"webhook"}
+    store.close()

@@ -22,14 +22,16 @@ STALE = BogusView("stale-dnskey-cache", (47941,), (5510, 14201), 1000.0)
 POLICY = IncidentPolicy(open_min_resolvers=2, resolve_rounds=3)
 
 
-def play(rounds: list[dict[str, BogusView]], *, policy: IncidentPolicy = POLICY,
+def play(rounds: list[dict[str, BogusView] | None], *, policy: IncidentPolicy = POLICY,
          start: dict[str, Incident] | None = None,
          ) -> tuple[dict[str, Incident], list[tuple[int, IncidentEvent]]]:
-    """Feed one zone's bogus sets round by round (round i at t = 100 + 10 i)."""
+    """Feed one zone's bogus sets round by round (round i at t = 100 + 10 i); four resolvers
+    answer in every round, except in a None round, where none does (timeouts)."""
     open_: dict[str, Incident] = dict(start or {})
     events: list[tuple[int, IncidentEvent]] = []
     for i, bogus in enumerate(rounds):
-        open_, evs = step(open_, [ZoneRound(Z, bogus)], now=100.0 + 10 * i, policy=policy)
+        zr = ZoneRound(Z, {}, 0) if bogus is None else ZoneRound(Z, bogus, 4)
+        open_, evs = step(open_, [zr], now=100.0 + 10 * i, policy=policy)
         events += [(i, e) for e in evs]
     return open_, events
 
@@ -107,3 +109,23 @@ def test_retire_resolves_zones_no_longer_watched() -> None:
 def test_policy_is_validated(kw: dict[str, int]) -> None:
     with pytest.raises(ConfigError):
         IncidentPolicy(**kw)
+
+
+def test_rounds_where_too_few_resolvers_answer_do_not_resolve() -> None:
+    """Lost uplink at the vantage: timeouts everywhere are not a recovery; the incident stays,
+    with its id, and resolves only after real clean rounds."""
+    ab = {"a": STALE, "b": STALE}
+    left, events = play([ab, None, None, None, None, {}, None, {}, {}])
+    assert [(i, e.event) for i, e in events] == [(0, EventKind.OPEN), (8, EventKind.RESOLVE)]
+    assert not left
+    one_answer = ZoneRound(Z, {}, 1)  # below open_min_resolvers: still blind
+    still, evs = step(play([ab])[0], [one_answer] * 5, now=500.0, policy=POLICY)
+    assert not evs and still[Z].clean_rounds == 0
+
+
+def test_a_kind_change_says_what_it_was() -> None:
+    src = BogusView("bogus-at-source", (1,), (2,))
+    _, events = play([{"a": STALE, "b": STALE}, {"a": src, "b": src}])
+    update = events[-1][1]
+    assert update.event is EventKind.UPDATE and update.previous_kind == "stale-dnskey-cache"
+    assert update.incident.kind == "bogus-at-source"

@@ -75,7 +75,8 @@ async def serve(cfg: DaemonConfig, zones: Sequence[ZoneSpec],
     engine = Engine(EngineConfig(qps=cfg.qps, timeout=cfg.timeout, retries=cfg.retries,
                                  max_inflight=cfg.inflight, allow_local_auth=cfg.allow_local_auth))
     monitor: Monitor | None = None
-    metrics = Metrics(dstats, astats, lambda: len(monitor.open) if monitor else 0)
+    metrics = Metrics(dstats, astats, lambda: len(monitor.open) if monitor else 0,
+                      stale_after=3 * cfg.interval + 120)
     monitor = Monitor(
         zones=zones, resolvers=resolvers, engine=engine, store=store, writer=delivery,
         pager=alerter, metrics=metrics,
@@ -95,15 +96,18 @@ async def serve(cfg: DaemonConfig, zones: Sequence[ZoneSpec],
             "event": "start", "vantage": vantage, "zones": len(zones),
             "resolvers": len(resolvers), "interval_s": cfg.interval, "state_dir": str(state_dir),
             "sink": sink.name, "alert_channels": [c.name for c in channels]})
+        if not channels:
+            log.warning("no alert channel configured: incidents are logged and written, "
+                        "nobody is paged", extra={"event": "no-alert-channel"})
+        drop_orphan_alerts(store, {c.name for c in channels})
         await monitor.run()
         if not monitor.stopping:
             # --rounds N: give the writer a moment to deliver before exiting (spooled if not).
             await delivery.flush(SHUTDOWN_S)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await delivery.shutdown(SHUTDOWN_S)
-        await alerter.shutdown(2.0)
+        # The handlers stay until the end: a second signal while stopping must not kill the
+        # process before the spool has what is still in memory (request_stop is idempotent).
+        await asyncio.gather(delivery.shutdown(SHUTDOWN_S), alerter.shutdown(2.0))
         for t in background:
             t.cancel()
         for t in background:
@@ -117,3 +121,14 @@ async def serve(cfg: DaemonConfig, zones: Sequence[ZoneSpec],
         store.close()
         log.info("stopped", extra={"event": "stopped", "rounds": monitor.rounds_done,
                                    "spool_batches": dstats.spool_batches})
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def drop_orphan_alerts(store: StateStore, configured: set[str]) -> None:
+    """Alerts queued for a channel that is no longer configured could never be sent."""
+    for channel in sorted(store.outbox_channels() - configured):
+        n = store.outbox_drop_channel(channel)
+        log.warning("dropped %d queued alert(s) for %s, which is no longer configured", n,
+                    channel, extra={"event": "alerts-orphaned", "channel": channel,
+                                    "alerts": n})

@@ -14,6 +14,7 @@ import os
 import socket
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,13 @@ def _at_least_one(v: int) -> str | None:
 def _url(v: str) -> str | None:
     if not v:
         return None
-    return None if v.startswith(("http://", "https://")) else "an http:// or https:// URL"
+    parts = urllib.parse.urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "an http:// or https:// URL with a host"
+    if parts.username is not None or parts.password is not None:
+        # They would show in process lists, --check-config and logs.
+        return "a URL without user:password (use influx_username and influx_token_*)"
+    return None
 
 
 def _listen(v: str) -> str | None:
@@ -196,7 +203,7 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     want = _TYPES[key]
 
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{where}: {key}: expected {expected}, got {value!r}")
+        return ConfigError(f"{where}: {key}: expected {expected}, got {_shown(value)!r}")
 
     if want is bool:
         if not isinstance(value, bool):
@@ -220,6 +227,16 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     check = FIELDS[key].metadata["check"]
     if check is not None and (expected := check(value)) is not None:
         raise bad(expected)
+    return value
+
+
+def _shown(value: Any) -> Any:
+    """A value for an error message: a password in a URL is never echoed."""
+    if isinstance(value, str) and "@" in value and "://" in value:
+        parts = urllib.parse.urlsplit(value)
+        if parts.password is not None:
+            host = parts.netloc.rsplit("@", 1)[1]
+            return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
     return value
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import (
@@ -34,7 +34,6 @@ class Health:
 
     last_round_ok: bool | None = None  # None until the first round ended
     last_round_end: float | None = None
-    details: dict[str, str] = field(default_factory=dict)
 
 
 class _StatsCollector(Collector):
@@ -92,13 +91,19 @@ class Metrics:
     """The daemon's metrics on a registry of its own."""
 
     def __init__(self, delivery: DeliveryStats, alerts: AlertStats,
-                 open_incidents: Callable[[], int]) -> None:
+                 open_incidents: Callable[[], int], *, stale_after: float = 600.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.stale_after = stale_after  # no round ended for this long: a hung sweep
+        self.clock = clock
+        self.started = clock()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)  # process_cpu_seconds_total, resident memory, open fds
         self.rounds = Counter(f"{PREFIX}_rounds", "Rounds finished.", registry=r)
         self.overruns = Counter(f"{PREFIX}_round_overruns", "Rounds that ran past their interval.",
                                 registry=r)
+        self.round_errors = Counter(f"{PREFIX}_round_errors",
+                                    "Rounds that failed with an internal error.", registry=r)
         self.duration = Histogram(f"{PREFIX}_round_duration_seconds", "Round duration.",
                                   buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
                                   registry=r)
@@ -115,13 +120,17 @@ class Metrics:
         r.register(_StatsCollector(delivery, alerts, open_incidents))
 
     def healthz(self) -> tuple[bool, dict[str, object]]:
-        """Healthy when the last round finished and the last write (if any) succeeded."""
+        """Healthy when the last round finished, one ended recently (no hung sweep) and the
+        last write (if any) succeeded."""
         d = self.delivery
-        round_ok = self.health.last_round_ok is not False
+        last_end = self.health.last_round_end
+        fresh = self.clock() - (last_end or self.started) <= self.stale_after
+        round_ok = self.health.last_round_ok is not False and fresh
         write_ok = d.last_write_ok is not False
         body: dict[str, object] = {
             "ok": round_ok and write_ok,
             "last_round_finished": self.health.last_round_ok,
+            "rounds_stale": not fresh,
             "last_round_end": self.health.last_round_end,
             "last_write_ok": d.last_write_ok,
             "last_successful_write": d.last_success,

@@ -108,10 +108,13 @@ class Monitor:
 
     async def run(self) -> None:
         now = self.clock()
-        self.open, events = retire(self.store.open_incidents(), [z.name for z in self.zones],
-                                   now=now)
+        restored = self.store.open_incidents()
+        self.open, events = retire(restored, [z.name for z in self.zones], now=now)
         if events:
-            self._commit(self.store.last_round(), events, now)
+            number = self.store.last_round()
+            self._commit(number, [e.incident for e in events], events, now)
+            self.writer.submit(to_lines(incident_points(
+                events, RoundInfo(number, self.vantage, now, 0.0, False))))
         if self.open:
             log.info("open incidents restored", extra={
                 "event": "restore", "incidents": sorted(i.id for i in self.open.values())})
@@ -125,15 +128,16 @@ class Monitor:
             wait = slot.start - self.clock()
             if wait > 0 and not await self._sleep(wait):
                 break
-            started = self.clock()
-            cpu0 = time.process_time()
-            await self._round(started, cpu0)
+            # Overran = still sweeping when the next slot on the grid began.
+            deadline = t0 + (slot.k + 1) * sched.interval
+            try:
+                await self._round(deadline)
+            except Exception as exc:  # a bad round must not end the monitor
+                self.metrics.round_errors.inc()
+                self.metrics.health.last_round_ok = False
+                log.error("round failed: %s: %s", exc.__class__.__name__, exc, exc_info=exc,
+                          extra={"event": "round-error", "error": exc.__class__.__name__})
             done_k = slot.k
-            if self.clock() > t0 + (slot.k + 1) * sched.interval:
-                self.metrics.overruns.inc()
-                log.warning("round overran its interval", extra={
-                    "event": "overrun", "interval_s": sched.interval,
-                    "duration_s": round(self.clock() - started, 3)})
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless told to stop; False when stopping."""
@@ -143,8 +147,8 @@ class Monitor:
             return True
         return False
 
-    async def _round(self, started: float, cpu0: float) -> None:
-        number = self.store.last_round() + 1
+    async def _sweep_once(self, number: int) -> tuple[list[CheckResult], bool]:
+        """The sweep, with a progress bar on a terminal; (results, partial)."""
         collected: list[CheckResult] = []
         total = sum(len(z.probes) for z in self.zones) * len(self.resolvers)
         bar: Any = (Progress(TextColumn(f"round {number}"), BarColumn(), MofNCompleteColumn(),
@@ -160,35 +164,52 @@ class Monitor:
 
             self._sweep = asyncio.ensure_future(
                 self.engine.sweep(self.zones, self.resolvers, progress=progress))
-            partial = False
             try:
-                results = await self._sweep
+                return await self._sweep, False
             except asyncio.CancelledError:
                 if not self.stopping:
                     raise
-                results, partial = collected, True
+                return collected, True
             finally:
                 self._sweep = None
+
+    async def _round(self, deadline: float) -> None:
+        started = self.clock()
+        cpu0 = time.process_time()
+        number = self.store.last_round() + 1
+        results, partial = await self._sweep_once(number)
         end = self.clock()
-        duration = end - started
-        rnd = RoundInfo(number, self.vantage, started, duration,
-                        overrun=duration > self.schedule.interval, partial=partial)
+        rnd = RoundInfo(number, self.vantage, started, end - started, overrun=end > deadline,
+                        partial=partial)
         worst = resolver_verdicts(results)
-        points = [*check_points(results, rnd), *zone_points(worst, rnd)]
+        points = check_points(results, rnd)
         events: list[IncidentEvent] = []
-        if not partial:
-            # A partial round says nothing about zones it did not reach: incidents wait.
-            self.open, events = step(self.open, zone_rounds(worst), now=end, policy=self.policy)
-        points += incident_points(events, rnd)
+        if partial:
+            # A partial round says nothing about the zones it did not reach: no zone counts,
+            # and incidents wait for a full round.
+            self.store.commit_round(number, [], [], now=end)
+        else:
+            points += zone_points(worst, rnd)
+            now_open, events = step(self.open, zone_rounds(worst), now=end, policy=self.policy)
+            # Every changed incident is stored (the resolve countdown too), not only events.
+            changed = [i for z, i in now_open.items() if self.open.get(z) != i]
+            changed += [e.incident for e in events if e.event is EventKind.RESOLVE]
+            try:
+                # Stored first: only incidents (and their alerts) safely on disk count.
+                self._commit(number, changed, events, end)
+            except Exception:
+                self.writer.submit(to_lines([*points, round_point(rnd, len(results))]))
+                raise
+            self.open = now_open
+            points += incident_points(events, rnd)
         points.append(round_point(rnd, len(results)))
         self.writer.submit(to_lines(points))
-        self._commit(number, events, end)
         self.pager.kick(list(self.open.values()))
         self._account(results, rnd, time.process_time() - cpu0)
 
-    def _commit(self, number: int, events: Sequence[IncidentEvent], now: float) -> None:
-        self.store.commit_round(number, [e.incident for e in events], self.pager.items(events),
-                                now=now)
+    def _commit(self, number: int, incidents: Sequence[Incident],
+                events: Sequence[IncidentEvent], now: float) -> None:
+        self.store.commit_round(number, incidents, self.pager.items(events), now=now)
         for e in events:
             i = e.incident
             level = logging.WARNING if e.event is EventKind.OPEN else logging.INFO
@@ -205,6 +226,11 @@ class Monitor:
             m.checks.labels(v.value).inc(n)
         m.followups.inc(sum(1 for r in results if r.evidence is not None))
         m.duration.observe(rnd.duration_s)
+        if rnd.overrun:
+            m.overruns.inc()
+            log.warning("round overran its interval", extra={
+                "event": "overrun", "round": rnd.number, "interval_s": self.schedule.interval,
+                "duration_s": round(rnd.duration_s, 3)})
         m.last_round.set(rnd.started + rnd.duration_s)
         m.health.last_round_end = rnd.started + rnd.duration_s
         m.health.last_round_ok = not rnd.partial

@@ -13,7 +13,6 @@ class Slot:
 
     k: int
     start: float
-    late: bool  # the previous round overran: this one starts at once
 
 
 def next_slot(t0: float, interval: float, done_k: int | None, now: float, jitter: float,
@@ -26,5 +25,5 @@ def next_slot(t0: float, interval: float, done_k: int | None, now: float, jitter
     if done_k is not None and now > planned:
         # Overran: skip slots already gone, start now (late), then back on the grid.
         k = max(k, math.floor((now - t0) / interval))
-        return Slot(k, now, True)
-    return Slot(k, planned + (rng.uniform(0, jitter) if jitter > 0 else 0.0), False)
+        return Slot(k, now)
+    return Slot(k, planned + (rng.uniform(0, jitter) if jitter > 0 else 0.0))
