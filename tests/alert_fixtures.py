@@ -62,7 +62,8 @@ class HttpReceiver:
         self._records: list[Recorded] = []
         self._faults: list[_Fault] = []
         self._delays: dict[str | None, float] = {}
-        self._release = threading.Event()  # set on close: slow handlers stop waiting
+        self._release = threading.Event()  # set on clear/close: slow handlers stop waiting
+        self._generation = 0  # bumped by clear(): a slow handler of an earlier test records nothing
         self._server = ThreadingHTTPServer((host, 0), self._handler_class())
         self._server.daemon_threads = True
         self.host = host
@@ -95,11 +96,14 @@ class HttpReceiver:
             self._delays[path] = seconds
 
     def clear(self) -> None:
-        """Forget recorded requests, pending failures and delays."""
+        """Forget recorded requests, pending failures and delays; release slow handlers."""
         with self._lock:
             self._records.clear()
             self._faults.clear()
             self._delays.clear()
+            self._generation += 1
+            self._release.set()
+            self._release = threading.Event()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
         """Poll until `predicate()` is true (blocking; for sync code); AssertionError on timeout."""
@@ -131,18 +135,19 @@ class HttpReceiver:
 
     # -- server side ---------------------------------------------------------------------------
 
-    def _answer(self, path: str) -> tuple[int, str, float]:
+    def _answer(self, path: str) -> tuple[int, str, float, threading.Event, int]:
         with self._lock:
             delay = self._delays.get(path, self._delays.get(None, 0.0))
             for f in self._faults:
                 if f.remaining > 0 and (f.path is None or f.path == path):
                     f.remaining -= 1
-                    return f.status, f.body, delay
-        return 200, '{"status": "success"}', delay
+                    return f.status, f.body, delay, self._release, self._generation
+        return 200, '{"status": "success"}', delay, self._release, self._generation
 
-    def _record(self, rec: Recorded) -> None:
+    def _record(self, rec: Recorded, generation: int) -> None:
         with self._lock:
-            self._records.append(rec)
+            if generation == self._generation:
+                self._records.append(rec)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
@@ -167,11 +172,11 @@ class HttpReceiver:
                 except ValueError:
                     body = text
                 path = urllib.parse.urlsplit(self.path).path
-                status, reply, delay = receiver._answer(path)
+                status, reply, delay, release, generation = receiver._answer(path)
                 if delay > 0:
-                    receiver._release.wait(delay)
+                    release.wait(delay)
                 receiver._record(Recorded(self.command, path, dict(self.headers.items()), body,
-                                          status, arrived))
+                                          status, arrived), generation)
                 data = reply.encode()
                 try:
                     self.send_response(status)

@@ -96,21 +96,31 @@ async def test_kind_change_ends_the_old_alert(alertmanager: Alertmanager) -> Non
     am = alertmanager
     inc = make_incident("kind.example.", kind="unknown")
     ch = AlertmanagerChannel(am.url, resend_grace=120)
+
+    def by_kind(status: str, kind: str) -> list[dict[str, Any]]:
+        return [a for a in notified(am, inc, status) if a["labels"]["kind"] == kind]
+
     try:
         for body in [*ch.on_event(IncidentEvent(EventKind.OPEN, inc, inc.opened_at),
                                   vantage=VANTAGE), ch.refresh([inc], vantage=VANTAGE,
                                                                now=time.time())]:
             assert body is not None
             await ch.send(body)
+        await am.wait_for_async(lambda: bool(by_kind("firing", "unknown")), timeout=10)
         upd = replace(inc, kind="stale-dnskey-cache", kinds=("stale-dnskey-cache",),
                       updated_at=time.time())
-        for body in [*ch.on_event(IncidentEvent(EventKind.UPDATE, upd, upd.updated_at),
-                                  vantage=VANTAGE), ch.refresh([upd], vantage=VANTAGE,
-                                                               now=time.time())]:
+        # the update ends the old kind itself; the refresh after it knows nothing of it (pure)
+        for body in [*ch.on_event(IncidentEvent(EventKind.UPDATE, upd, upd.updated_at,
+                                                previous_kind="unknown"), vantage=VANTAGE),
+                     ch.refresh([upd], vantage=VANTAGE, now=time.time())]:
             assert body is not None
             await ch.send(body)
         active = am.alerts(incident_id=inc.id)
         assert [a["labels"]["kind"] for a in active] == ["stale-dnskey-cache"]
+        await am.wait_for_async(lambda: bool(by_kind("resolved", "unknown"))
+                                and bool(by_kind("firing", "stale-dnskey-cache")), timeout=10)
+        [ended] = by_kind("resolved", "unknown")
+        assert abs(when(ended["endsAt"]) - upd.updated_at) < 0.01
     finally:
         await ch.close()
 

@@ -27,11 +27,11 @@ class Channel(Protocol):
 
     def refresh(self, open_incidents: Sequence[Incident], *, vantage: str,
                 now: float) -> dict[str, Any] | None:
-        """A body re-sent every round while incidents are open (Alertmanager), else None."""
+        """A body re-sent every round while incidents are open (Alertmanager), else None (pure)."""
         ...
 
     async def send(self, body: dict[str, Any]) -> None:
-        """Deliver one body or raise DeliveryRetryable / DeliveryRejected (probe.errors)."""
+        """Deliver one body or raise DeliveryRetryable / DeliveryRejected (through probe.http)."""
         ...
 
     async def close(self) -> None: ...
@@ -43,5 +43,5 @@ class AlertStats:
 
     sent: Counter[str] = field(default_factory=Counter)  # by channel
     failures: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, error code)
-    rejected: Counter[str] = field(default_factory=Counter)  # by channel: dropped as bad request
+    rejected: Counter[str] = field(default_factory=Counter)  # by channel: refused, kept as rejected
     pending: int = 0  # outbox size after the last pass

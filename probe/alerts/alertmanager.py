@@ -6,8 +6,8 @@ import datetime
 from collections.abc import Sequence
 from typing import Any
 
-from probe.alerts.webhook import JsonPoster, check_url
 from probe.errors import DeliveryRejected
+from probe.http import INTERNAL_ERROR, HttpPoster, check_url
 from probe.incidents import EventKind, Incident, IncidentEvent
 
 ALERTNAME = "DNSSECValidationFailure"
@@ -34,6 +34,8 @@ class AlertmanagerChannel:
     - open / update: the alert without endsAt. It may sit in the outbox past any endsAt we could
       pick now, and an endsAt in the past would arrive as "resolved"; without one Alertmanager
       applies its resolve_timeout until the next refresh sets an explicit endsAt.
+    - update that changed the kind: `kind` is a label, so the alert under the old kind is another
+      alert; the same body ends it (endsAt = the update's time).
     - every round (refresh): all open incidents with endsAt = now + resend_grace, so an alert
       lapses by itself if the probe stops refreshing it (Prometheus semantics).
     - resolve: the alert with endsAt = resolved_at.
@@ -47,10 +49,7 @@ class AlertmanagerChannel:
         self.endpoint = url.rstrip("/") + "/api/v2/alerts"
         self.timeout = timeout
         self.resend_grace = resend_grace
-        self._http = JsonPoster(self.name, timeout=timeout)
-        # Kind last refreshed per open incident: `kind` is a label, so when an update changes it
-        # the alert with the old kind is a different alert and has to be ended explicitly.
-        self._kinds: dict[str, str] = {}
+        self._http = HttpPoster(self.name, timeout=timeout)
 
     def __repr__(self) -> str:
         return (f"AlertmanagerChannel({self.url!r}, timeout={self.timeout}, "
@@ -92,24 +91,23 @@ class AlertmanagerChannel:
         if event.event is EventKind.RESOLVE:
             ends = inc.resolved_at if inc.resolved_at is not None else event.at
             return [{"alerts": [self.alert(inc, vantage=vantage, ends_at=ends)]}]
-        return [{"alerts": [self.alert(inc, vantage=vantage)]}]
+        alerts = [self.alert(inc, vantage=vantage)]
+        old = event.previous_kind
+        if event.event is EventKind.UPDATE and old is not None and old != inc.kind:
+            alerts.append(self.alert(inc, vantage=vantage, ends_at=event.at, kind=old))
+        return [{"alerts": alerts}]
 
     def refresh(self, open_incidents: Sequence[Incident], *, vantage: str,
                 now: float) -> dict[str, Any] | None:
         alerts = [self.alert(i, vantage=vantage, ends_at=now + self.resend_grace)
                   for i in open_incidents]
-        for i in open_incidents:
-            old = self._kinds.get(i.id)
-            if old is not None and old != i.kind:
-                alerts.append(self.alert(i, vantage=vantage, ends_at=now, kind=old))
-        self._kinds = {i.id: i.kind for i in open_incidents}
         return {"alerts": alerts} if alerts else None
 
     async def send(self, body: dict[str, Any]) -> None:
         alerts = body.get("alerts")
-        if not isinstance(alerts, list):
-            raise DeliveryRejected(f"{self.name}: queued body has no alert list", code="bad-body")
-        await self._http.post(self.endpoint, alerts)
+        if not isinstance(alerts, list):  # we queued it: a bug, and sending it again cannot help
+            raise DeliveryRejected(f"{self.name}: queued body has no alert list", code=INTERNAL_ERROR)
+        await self._http.post_json(self.endpoint, alerts)
 
     async def close(self) -> None:
         await self._http.close()

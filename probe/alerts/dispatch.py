@@ -12,6 +12,7 @@ from typing import Any
 
 from probe.alerts import AlertStats, Channel
 from probe.errors import ConfigError, DeliveryRejected, DeliveryRetryable
+from probe.http import backoff_delay
 from probe.incidents import Incident, IncidentEvent
 from probe.state import OutboxItem, OutboxRow, StateStore
 
@@ -162,19 +163,15 @@ class Alerter:
             await self._send_refresh(ch, body)
         return None
 
-    def _backoff(self, attempts: int) -> float:
-        base = min(self.backoff_max, self.backoff_initial * 2.0 ** min(attempts, 32))
-        return base * (0.5 + 0.5 * self._rng.random())  # jitter: dead endpoints are not hammered in step
-
     async def _deliver(self, ch: Channel, row: OutboxRow) -> float | None:
-        """Try one row; None when it left the queue (sent or rejected), else its next try."""
+        """Try one row; None when it left the queue (sent, or rejected and kept), else its next try."""
         incident, event = _describe(row.key)
         fields = {"channel": ch.name, "alert_event": event, "incident": incident,
                   "attempt": row.attempts + 1}
         try:
             await ch.send(row.body)
         except DeliveryRetryable as exc:
-            delay = self._backoff(row.attempts)
+            delay = backoff_delay(row.attempts + 1, self.backoff_initial, self.backoff_max, self._rng)
             retry_at = self.clock() + delay
             self.store.outbox_retry(row.seq, next_try=retry_at, error=f"{exc.code}: {exc}"[:500])
             self.stats.failures[(ch.name, exc.code)] += 1
@@ -183,9 +180,10 @@ class Alerter:
                 "retry_in_s": round(delay, 3)})
             return retry_at
         except DeliveryRejected as exc:
-            self.store.outbox_done(row.seq)
+            # kept (marked rejected) for people to look at; never retried, never counted as pending
+            self.store.outbox_reject(row.seq, error=f"{exc.code}: {exc}"[:500])
             self.stats.rejected[ch.name] += 1
-            self.log.error(f"alert rejected, dropped: {exc}", extra={
+            self.log.error(f"alert rejected, kept in the outbox as rejected: {exc}", extra={
                 **fields, "event": "alert-rejected", "code": exc.code, "status": exc.status})
             return None
         self.store.outbox_done(row.seq)

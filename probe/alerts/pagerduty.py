@@ -6,8 +6,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from probe.alerts.webhook import JsonPoster, check_url
 from probe.errors import ConfigError
+from probe.http import HttpPoster, check_url
 from probe.incidents import EventKind, Incident, IncidentEvent
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -49,7 +49,7 @@ class PagerDutyChannel:
             raise ConfigError("PagerDuty routing key is empty")
         self.timeout = timeout
         self._routing_key = routing_key
-        self._http = JsonPoster(self.name, timeout=timeout, redact=[routing_key])
+        self._http = HttpPoster(self.name, timeout=timeout, secrets=[routing_key])
 
     def __repr__(self) -> str:
         return f"PagerDutyChannel({self.url!r}, routing_key=<redacted>, timeout={self.timeout})"
@@ -76,7 +76,7 @@ class PagerDutyChannel:
         return None  # PagerDuty keeps an incident open until it is resolved
 
     async def send(self, body: dict[str, Any]) -> None:
-        await self._http.post(self.url, {**body, "routing_key": self._routing_key})
+        await self._http.post_json(self.url, {**body, "routing_key": self._routing_key})
 
     async def close(self) -> None:
         await self._http.close()

@@ -64,6 +64,9 @@ class _StatsCollector(Collector):
         yield CounterMetricFamily(f"{PREFIX}_rejected_lines",
                                   "Lines the server refused as bad data (kept in rejected/).",
                                   d.rejected_lines)
+        yield CounterMetricFamily(f"{PREFIX}_rejected_pruned_lines",
+                                  "Rejected lines deleted to keep rejected/ within its bound.",
+                                  d.rejected_pruned_lines)
         yield GaugeMetricFamily(f"{PREFIX}_spool_bytes", "Current spool size.", d.spool_bytes)
         yield GaugeMetricFamily(f"{PREFIX}_spool_batches", "Current spooled batches.",
                                 d.spool_batches)

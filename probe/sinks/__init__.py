@@ -2,7 +2,8 @@
 
 Every sink takes finished line-protocol lines (built with influxdb-client's `Point`, ns
 timestamps) and either stores all of them or raises DeliveryRetryable / DeliveryRejected
-(probe.errors). Spooling, replay and the size bound live in probe.sinks.delivery, not in sinks.
+(probe.errors; HTTP outcomes are translated in probe.http). Spooling, replay and the size
+bound live in probe.sinks.delivery, not in sinks.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class DeliveryStats:
     spooled_lines: int = 0  # lines that went to the on-disk spool (ever)
     replayed_lines: int = 0  # lines written from the spool (ever)
     dropped_lines: int = 0  # lines dropped because the spool was full (oldest first)
-    rejected_lines: int = 0  # lines the server refused as bad data, kept aside in rejected/
+    rejected_lines: int = 0  # lines set aside in rejected/: refused as bad data, or a sink bug (ever)
+    rejected_pruned_lines: int = 0  # lines deleted from rejected/ to keep it under its bound (ever)
     spool_bytes: int = 0  # current size of the spool
     spool_batches: int = 0  # current number of spooled batches
     last_success: float | None = None  # wall clock of the last successful write

@@ -1,15 +1,16 @@
 """Delivery: hands rounds of line protocol to a sink off the round loop, spooling what cannot go yet.
 
 Contract: nothing is lost and order is kept. Lines are written in chunks of at most
-`max_batch_lines`; a few chunks wait in memory, everything else waits in the on-disk Spool.
-Invariant: while the spool holds anything, memory is empty and new chunks go behind it, so the
-run loop always writes the oldest data first. Retryable failures put the chunk in the spool and
-back off; rejected chunks go to spool/rejected/ with the server's message; only the spool's
-size bound ever deletes data (oldest first, counted in DeliveryStats.dropped_lines).
+`max_batch_lines`; up to `max_queue_lines` wait in memory, everything else waits in the on-disk
+Spool. Invariant: while the spool holds anything, memory is empty and new chunks go behind it,
+so the run loop always writes the oldest data first. Retryable failures put the chunk in the
+spool and back off; rejected chunks (and a chunk a sink bug fails on again and again) go to
+spool/rejected/ with the reason; only the size bounds ever delete data (oldest first, counted in
+DeliveryStats.dropped_lines and rejected_pruned_lines).
 
-A chunk whose write timed out may have been stored anyway and is written again later. That is
-harmless: every point carries a fixed timestamp and tag set, so InfluxDB (and VictoriaMetrics)
-overwrite the same point instead of adding a second one.
+A chunk whose write timed out may have been stored anyway and is written again later. InfluxDB
+overwrites a point with the same series and timestamp, so there it is harmless; VictoriaMetrics
+may keep a duplicate sample for such a batch (unless it runs with -dedup.minScrapeInterval).
 """
 
 from __future__ import annotations
@@ -24,25 +25,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from probe.errors import DeliveryError, DeliveryRejected, DeliveryRetryable
+from probe.http import INTERNAL_ERROR, IO_ERROR, backoff_delay
 from probe.sinks import DeliveryStats, Sink
 from probe.sinks.spool import Spool
 
-# Stable labels of DeliveryStats.write_failures (DeliveryError.code), for /metrics and docs.
-WRITE_FAILURE_CODES: dict[str, str] = {
-    "connect-failed": "the server could not be reached (refused, DNS, connection lost)",
-    "timeout": "no complete answer within the sink's timeout",
-    "http-5xx": "the server answered 5xx (includes 1.x 'retention policy not found')",
-    "http-429": "the server asked to slow down",
-    "http-auth": "401/403: credentials or token wrong; data is kept until they are fixed",
-    "http-404": "database or bucket not found; data is kept until it exists",
-    "http-4xx": "the server refused the data itself (bad line, field type conflict): kept in rejected/",
-    "http-unexpected": "an answer that is neither success nor an error (redirect?)",
-    "client-error": "the InfluxDB client library refused to send",
-    "io-error": "the file sink could not write its file",
-    "internal-error": "the sink raised something it should have translated (a bug)",
-}
-
 _GRACE = 0.5  # after shutdown's timeout: time for a cancelled write to unwind
+# A chunk a sink keeps failing on with internal-error (a bug, not an outage) is set aside after
+# this many consecutive attempts, so that it does not block everything queued behind it.
+MAX_INTERNAL_ERRORS = 3
 
 
 @dataclass
@@ -67,19 +57,20 @@ class Delivery:
         stats: DeliveryStats,
         *,
         max_batch_lines: int = 5000,
-        max_queue_chunks: int = 8,
+        max_queue_lines: int = 250_000,
         clock: Callable[[], float] = time.time,
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
         log: logging.Logger = logging.getLogger("dnssec_probe.delivery"),  # noqa: B008 - a shared singleton
     ) -> None:
-        if max_batch_lines < 1 or max_queue_chunks < 1:
-            raise ValueError("max_batch_lines and max_queue_chunks must be positive")
+        if max_batch_lines < 1 or max_queue_lines < 1:
+            raise ValueError("max_batch_lines and max_queue_lines must be positive")
         self.sink = sink
         self.spool = spool
         self.stats = stats
         self.max_batch_lines = max_batch_lines
-        self.max_queue_chunks = max_queue_chunks
+        # in memory, a healthy server gets a whole round without a single fsync on the event loop
+        self.max_queue_lines = max_queue_lines
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._clock = clock
@@ -95,6 +86,9 @@ class Delivery:
         self._failures = 0  # consecutive failed attempts
         self._failing_since: float | None = None
         self._last_code: str | None = None
+        self._bug_seq: int | None = None  # spooled chunk the last internal-error failure was on
+        self._bug_count = 0  # consecutive internal-error failures of that chunk
+        self._rng = random.Random()
         self._sync_stats()
 
     # -- the daemon's side -----------------------------------------------------------------
@@ -106,16 +100,11 @@ class Delivery:
         for i in range(0, len(lines), self.max_batch_lines):
             part = list(lines[i : i + self.max_batch_lines])
             self._memory.append(_Chunk(part, len(part)))
-        if self._stopping or len(self.spool) or len(self._memory) > self.max_queue_chunks:
+        if self._stopping or len(self.spool) or self._memory_lines() > self.max_queue_lines:
             # behind older spooled data, or too much in memory, or no more writes: all to disk
             self._spill()
         self._drained.clear()
         self._wake.set()
-
-    @property
-    def queued_lines(self) -> int:
-        """Lines not yet written: in memory plus in the spool."""
-        return sum(c.nlines for c in self._memory) + self.spool.lines
 
     async def flush(self, timeout: float) -> bool:
         """Wait until memory and spool are empty; False if time ran out first."""
@@ -143,11 +132,8 @@ class Delivery:
         self._log.info(
             "delivery stopped; %d lines wait in the spool",
             self.spool.lines,
-            extra={"event": "delivery-stopped",
-                "sink": self.sink.name,
-                "spool_batches": self.spool.batches,
-                "spool_bytes": self.spool.bytes,
-            },
+            extra={"event": "delivery-stopped", "sink": self.sink.name,
+                   "spool_batches": self.spool.batches, "spool_bytes": self.spool.bytes},
         )
 
     async def run(self) -> None:
@@ -165,6 +151,9 @@ class Delivery:
                 await self._backoff()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _memory_lines(self) -> int:
+        return sum(c.nlines for c in self._memory)
 
     def _next_chunk(self) -> _Chunk | None:
         head = self.spool.oldest()
@@ -195,6 +184,7 @@ class Delivery:
                 self._written(chunk)
                 return False
             if isinstance(exc, DeliveryRejected):
+                self._bug_seq, self._bug_count = None, 0
                 self._rejected(chunk, exc)
                 return False
             if not isinstance(exc, DeliveryRetryable):
@@ -204,10 +194,15 @@ class Delivery:
                     type(exc).__name__,
                     exc,
                     exc_info=exc,
-                    extra={"event": "delivery-error", "sink": self.sink.name, "code": "internal-error"},
+                    extra={"event": "delivery-error", "sink": self.sink.name, "code": INTERNAL_ERROR},
                 )
-                exc = DeliveryRetryable(str(exc), code="internal-error")
+                exc = DeliveryRetryable(f"{type(exc).__name__}: {exc}", code=INTERNAL_ERROR)
+            if self._count_bug(chunk, exc) >= MAX_INTERNAL_ERRORS:
+                self._bug_seq, self._bug_count = None, 0
+                self._rejected(chunk, exc)
+                return False
             self._retry_later(chunk, exc)
+            self._bug_seq = chunk.seq  # spooled by now: the next attempt reads it back by seq
             return True
         finally:
             self._current = None
@@ -215,7 +210,18 @@ class Delivery:
             self._sync_stats()
             self._update_drained()
 
+    def _count_bug(self, chunk: _Chunk, exc: DeliveryError) -> int:
+        """Consecutive internal-error failures of this chunk, this one included (0: another error)."""
+        if exc.code != INTERNAL_ERROR:
+            self._bug_count = 0
+        elif chunk.seq is not None and chunk.seq == self._bug_seq:
+            self._bug_count += 1
+        else:
+            self._bug_count = 1
+        return self._bug_count
+
     def _written(self, chunk: _Chunk) -> None:
+        self._bug_seq, self._bug_count = None, 0
         if chunk.seq is not None:
             self.spool.remove(chunk.seq)
         if chunk.replay:
@@ -230,20 +236,21 @@ class Delivery:
                 "delivery to %s works again after %d failed attempts",
                 self.sink.name,
                 self._failures,
-                extra={"event": "delivery-recovered",
-                    "sink": self.sink.name,
-                    "failed_attempts": self._failures,
-                    "outage_seconds": round(self._clock() - (self._failing_since or self._clock()), 3),
-                },
+                extra={"event": "delivery-recovered", "sink": self.sink.name,
+                       "failed_attempts": self._failures,
+                       "outage_seconds": round(self._clock() - (self._failing_since or self._clock()), 3)},
             )
         self._failures = 0
         self._failing_since = None
         self._last_code = None
 
-    def _rejected(self, chunk: _Chunk, exc: DeliveryRejected) -> None:
+    def _rejected(self, chunk: _Chunk, exc: DeliveryError) -> None:
+        """Set the chunk aside in rejected/: the server refused it, or a sink bug keeps failing on it."""
         self.stats.write_failures[exc.code] += 1
         self.stats.last_write_ok = False
         why = str(exc)
+        pruned_lines = self.spool.pruned_rejected_lines
+        pruned_batches = self.spool.pruned_rejected_batches
         try:
             if chunk.seq is not None and chunk.seq in self.spool:
                 path = str(self.spool.reject_seq(chunk.seq, why))
@@ -254,20 +261,32 @@ class Delivery:
         except OSError as err:
             path = f"(not kept: {err})"
         self.stats.rejected_lines += chunk.nlines
+        if isinstance(exc, DeliveryRejected):
+            message = "%s rejected %d lines, kept in %s: %s"
+        else:
+            message = (f"%s failed {MAX_INTERNAL_ERRORS} times in a row on the same %d lines (a bug), "
+                       "set aside in %s: %s")
         self._log.error(
-            "%s rejected %d lines, kept in %s: %s",
+            message,
             self.sink.name,
             chunk.nlines,
             path,
             why,
-            extra={"event": "delivery-rejected",
-                "sink": self.sink.name,
-                "code": exc.code,
-                "status": exc.status,
-                "lines": chunk.nlines,
-                "path": path,
-            },
+            extra={"event": "delivery-rejected", "sink": self.sink.name, "code": exc.code,
+                   "status": exc.status, "lines": chunk.nlines, "path": path},
         )
+        pruned = self.spool.pruned_rejected_lines - pruned_lines
+        if pruned:
+            self.stats.rejected_pruned_lines += pruned
+            batches = self.spool.pruned_rejected_batches - pruned_batches
+            self._log.warning(
+                "rejected/ over %d bytes: deleted the %d oldest rejected lines (%d batch(es))",
+                self.spool.max_bytes,
+                pruned,
+                batches,
+                extra={"event": "rejected-pruned", "sink": self.sink.name,
+                       "pruned_lines": pruned, "pruned_batches": batches},
+            )
 
     def _retry_later(self, chunk: _Chunk, exc: DeliveryError) -> None:
         self.stats.write_failures[exc.code] += 1
@@ -286,19 +305,13 @@ class Delivery:
             self.sink.name,
             self.spool.lines,
             exc,
-            extra={"event": "delivery-failed",
-                "sink": self.sink.name,
-                "code": exc.code,
-                "status": exc.status,
-                "lines": chunk.nlines,
-                "failed_attempts": self._failures,
-                "spool_batches": self.spool.batches,
-            },
+            extra={"event": "delivery-failed", "sink": self.sink.name, "code": exc.code,
+                   "status": exc.status, "lines": chunk.nlines, "failed_attempts": self._failures,
+                   "spool_batches": self.spool.batches},
         )
 
     async def _backoff(self) -> None:
-        base = self.backoff_initial * 2 ** min(self._failures - 1, 30)
-        delay = min(self.backoff_max, base) * random.uniform(0.8, 1.0)  # jitter: no herd after an outage
+        delay = backoff_delay(self._failures, self.backoff_initial, self.backoff_max, self._rng)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), delay)
 
@@ -317,7 +330,7 @@ class Delivery:
                     chunk.nlines,
                     err,
                     extra={"event": "spool-lost", "sink": self.sink.name,
-                           "code": "spool-io-error", "lines": chunk.nlines},
+                           "code": IO_ERROR, "lines": chunk.nlines},
                 )
                 continue
             if seq is not None:
@@ -332,11 +345,8 @@ class Delivery:
                 self.spool.max_bytes,
                 dropped,
                 self.spool.dropped_batches - dropped_batches,
-                extra={"event": "spool-dropped",
-                    "sink": self.sink.name,
-                    "dropped_lines": dropped,
-                    "dropped_batches": self.spool.dropped_batches - dropped_batches,
-                },
+                extra={"event": "spool-dropped", "sink": self.sink.name, "dropped_lines": dropped,
+                       "dropped_batches": self.spool.dropped_batches - dropped_batches},
             )
         self.stats.dropped_lines += dropped + lost
         self._sync_stats()

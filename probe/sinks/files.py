@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from probe.errors import DeliveryRetryable
+from probe.http import IO_ERROR
 
 _HOURLY = re.compile(r"^(\d{8}T\d{2})\.lp(\.gz)?$")
 _HOUR_FORMAT = "%Y%m%dT%H"
@@ -75,7 +76,7 @@ class FileSink:
         try:
             await asyncio.to_thread(self._write, data, now)
         except OSError as exc:
-            raise DeliveryRetryable(f"files {self.directory}: {exc}", code="io-error") from None
+            raise DeliveryRetryable(f"files {self.directory}: {exc}", code=IO_ERROR) from None
 
     def _write(self, data: bytes, now: float) -> None:
         with self._lock:

@@ -5,14 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
 from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from probe.errors import DeliveryRetryable
-from probe.sinks.influx_v1 import client_failure, http_failure, safe_url, scrub, server_message
+from probe.http import (
+    CLIENT_EXCEPTIONS,
+    INTERNAL_ERROR,
+    client_error,
+    safe_url,
+    scrub,
+    server_message,
+    status_error,
+)
 
 
 class InfluxV2Sink:
@@ -44,23 +51,24 @@ class InfluxV2Sink:
     async def write(self, lines: Sequence[str]) -> None:
         if not lines:
             return
+        secrets = (self._token,)
         try:
             await self._writer().write(
                 bucket=self.bucket, org=self.org, record=list(lines), write_precision=WritePrecision.NS
             )
         except ApiException as exc:
-            if not exc.status:  # status 0: the client refused to build the request
-                raise DeliveryRetryable(
-                    f"{self._what}: client error: {scrub(str(exc.reason), self._token)}", code="client-error"
-                ) from None
-            message = scrub(server_message(exc.body), self._token)
-            raise http_failure(int(exc.status), message, what=self._what) from None
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise client_failure(exc, what=self._what, secrets=(self._token,)) from None
-        except InfluxDBError as exc:
-            raise DeliveryRetryable(
-                f"{self._what}: client error: {scrub(str(exc.message), self._token)}", code="client-error"
-            ) from None
+            if exc.status:
+                message = server_message(exc.body, secrets)
+                raise status_error(int(exc.status), what=self._what, message=message) from None
+            # status 0: the client refused to build the request from what we gave it
+            reason = scrub(str(exc.reason), secrets)
+            raise DeliveryRetryable(f"{self._what}: client refused to send: {reason}",
+                                    code=INTERNAL_ERROR) from None
+        except CLIENT_EXCEPTIONS as exc:
+            raise client_error(exc, what=self._what, secrets=secrets, timeout=self.timeout) from None
+        except InfluxDBError as exc:  # no HTTP answer behind it: misuse of the client
+            raise DeliveryRetryable(f"{self._what}: client error: {scrub(str(exc.message), secrets)}",
+                                    code=INTERNAL_ERROR) from None
 
     async def close(self) -> None:
         if self._client is not None:

@@ -65,12 +65,26 @@ def _count(path: Path) -> _Entry:
     return _Entry(len(data), _decode(data)[0])
 
 
+def _count_rejected(path: Path) -> _Entry:
+    """Size of a rejected batch with its .why; the line count from the header alone when it has one."""
+    why = path.with_suffix(".why")
+    extra = why.stat().st_size if why.exists() else 0
+    with open(path, "rb") as fh:
+        head = fh.readline(len(_HEADER) + 24)
+    if head.startswith(_HEADER.encode()):
+        with contextlib.suppress(ValueError):
+            return _Entry(path.stat().st_size + extra, int(head[len(_HEADER):]))
+    entry = _count(path)
+    return _Entry(entry.nbytes + extra, entry.nlines)
+
+
 class Spool:
     """Batches `NNNNNNNNNNNN.lp` in `directory`, refused ones in `directory/rejected/`.
 
     Sequence numbers keep increasing across restarts (the directory is scanned at start), so
-    file order is delivery order. Both directories are bounded by `max_bytes`: the oldest
-    batches go first, and every spool drop is counted in `dropped_lines` / `dropped_batches`.
+    file order is delivery order. Each directory is bounded by `max_bytes` on its own (so the
+    disk holds at most twice that): the oldest batches go first; spool drops are counted in
+    `dropped_lines` / `dropped_batches`, rejected/ prunes in `pruned_rejected_*`.
     Not thread-safe; one Delivery owns it.
     """
 
@@ -80,11 +94,12 @@ class Spool:
         self.max_bytes = max_bytes
         self.dropped_lines = 0  # spooled lines deleted to stay under max_bytes (ever)
         self.dropped_batches = 0
-        self.pruned_rejected = 0  # rejected batches deleted to stay under max_bytes (ever)
+        self.pruned_rejected_lines = 0  # rejected lines deleted to keep rejected/ under max_bytes (ever)
+        self.pruned_rejected_batches = 0
         self.busy: int | None = None  # the batch being replayed right now: never dropped
         self.rejected_dir.mkdir(parents=True, exist_ok=True)
         self._index: dict[int, _Entry] = {}  # insertion order == sequence order
-        self._rejected: dict[int, int] = {}  # seq -> bytes (.lp + .why)
+        self._rejected: dict[int, _Entry] = {}  # bytes of .lp + .why
         for folder in (self.directory, self.rejected_dir):
             for tmp in folder.glob(".*.tmp"):  # a write cut by a crash: never renamed, never valid
                 tmp.unlink(missing_ok=True)
@@ -94,11 +109,11 @@ class Spool:
             except OSError:
                 continue
         for seq, path in self._scan(self.rejected_dir):
-            why = path.with_suffix(".why")
             with contextlib.suppress(OSError):
-                self._rejected[seq] = path.stat().st_size + (why.stat().st_size if why.exists() else 0)
+                self._rejected[seq] = _count_rejected(path)
         self._next = max([0, *self._index, *self._rejected]) + 1
         self._bytes = sum(e.nbytes for e in self._index.values())
+        self._rejected_bytes = sum(e.nbytes for e in self._rejected.values())
 
     @staticmethod
     def _scan(folder: Path) -> list[tuple[int, Path]]:
@@ -129,9 +144,6 @@ class Spool:
 
     def __contains__(self, seq: object) -> bool:
         return seq in self._index
-
-    def seqs(self) -> list[int]:
-        return list(self._index)
 
     def lines_in(self, seq: int) -> int:
         """Line count of a spooled batch (0 if it is gone)."""
@@ -196,28 +208,36 @@ class Spool:
         path = self._path(seq, self.rejected_dir)
         _write_atomic(path.with_suffix(".why"), why.encode() + b"\n")
         _write_atomic(path, data)
-        self._rejected[seq] = len(data) + len(why.encode()) + 1
+        self._keep_rejected(seq, _Entry(len(data) + len(why.encode()) + 1, len(lines)))
         return path
 
     def reject_seq(self, seq: int, why: str) -> Path:
         """Move a spooled batch to rejected/ (a rename, no copy); KeyError if it is not spooled."""
-        size = self._index[seq].nbytes
-        self._prune_rejected(size)
+        entry = self._index[seq]
+        self._prune_rejected(entry.nbytes)
         path = self._path(seq, self.rejected_dir)
         _write_atomic(path.with_suffix(".why"), why.encode() + b"\n")
         os.replace(self._path(seq), path)
         _fsync_dir(self.rejected_dir)
         self._forget(seq)
-        self._rejected[seq] = size + len(why.encode()) + 1
+        self._keep_rejected(seq, _Entry(entry.nbytes + len(why.encode()) + 1, entry.nlines))
         return path
 
+    def _keep_rejected(self, seq: int, entry: _Entry) -> None:
+        self._rejected[seq] = entry
+        self._rejected_bytes += entry.nbytes
+
     def _prune_rejected(self, incoming: int) -> None:
-        # a schema conflict can refuse every round: rejected/ must not fill the disk either
+        # A schema conflict can refuse every round, so rejected/ needs a bound too. It is its own
+        # bound, not a share of the spool's: refused data must never push out deliverable data,
+        # and a long outage must not erase the evidence of what was refused.
         for seq in list(self._rejected):
-            if sum(self._rejected.values()) + incoming <= self.max_bytes:
+            if self._rejected_bytes + incoming <= self.max_bytes:
                 break
             path = self._path(seq, self.rejected_dir)
             path.unlink(missing_ok=True)
             path.with_suffix(".why").unlink(missing_ok=True)
-            del self._rejected[seq]
-            self.pruned_rejected += 1
+            entry = self._rejected.pop(seq)
+            self._rejected_bytes -= entry.nbytes
+            self.pruned_rejected_lines += entry.nlines
+            self.pruned_rejected_batches += 1
