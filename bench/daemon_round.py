@@ -119,8 +119,8 @@ def main() -> int:
     print(f"CPU per round, round loop only:   {in_round_cpu:.2f} s  "
           f"= {in_round_cpu / checks * 1e6:.1f} us/check")
     print(f"CPU per round, whole process:     {marginal_cpu:.2f} s  "
-          f"= {marginal_cpu / checks * 1e6:.1f} us/check  (start-up apart: "
-          f"{one.cpu_s - marginal_cpu:.2f} s CPU for start-up)")
+          f"= {marginal_cpu / checks * 1e6:.1f} us/check  (apart: "
+          f"{one.cpu_s - marginal_cpu:.2f} s CPU for start-up and the last writes at exit)")
     print(f"start-up to first round:          {many.startup_s:.2f} s")
     print(f"peak RSS: 1 round {one.maxrss_mb:.0f} MB, {args.rounds} rounds {many.maxrss_mb:.0f} MB")
     return 0
