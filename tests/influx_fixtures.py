@@ -113,7 +113,36 @@ bind-address = "{host}:{rpc_port}"
 """
 
 
-class InfluxDB1:
+class _Server:
+    """A daemon started by the tests, ready when `ready()` says so; stop() keeps its data."""
+
+    daemon: Daemon
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self.daemon.alive()
+
+    def start(self) -> None:
+        self.daemon.start()
+        wait_until(lambda: self.ready() or not self.daemon.alive(), START_TIMEOUT)
+        if not self.ready():
+            failure = self.daemon.failure("not ready")
+            self.daemon.stop()
+            raise failure
+
+    def stop(self) -> None:
+        self.daemon.stop(timeout=15.0)
+
+    def ensure_running(self) -> None:
+        if not (self.running and self.ready()):
+            self.stop()
+            self.start()
+
+
+class InfluxDB1(_Server):
     """One influxd with its own data dir; stop() and start() keep the data and the ports."""
 
     def __init__(self, workdir: Path, binary: str = INFLUXD) -> None:
@@ -134,25 +163,8 @@ class InfluxDB1:
         except OSError:
             return False
 
-    @property
-    def running(self) -> bool:
-        return self.daemon.alive()
-
-    def start(self) -> None:
-        self.daemon.start()
-        wait_until(lambda: self.ping() or not self.daemon.alive(), START_TIMEOUT)
-        if not self.ping():
-            failure = self.daemon.failure("no 204 from /ping")
-            self.daemon.stop()
-            raise failure
-
-    def stop(self) -> None:
-        self.daemon.stop(timeout=15.0)
-
-    def ensure_running(self) -> None:
-        if not (self.running and self.ping()):
-            self.stop()
-            self.start()
+    def ready(self) -> bool:
+        return self.ping()
 
     def query(self, influxql: str, db: str | None = None) -> dict[str, Any]:
         """The parsed JSON answer of /query (epoch=ns): {"results": [...]}; AssertionError on any error."""
@@ -182,7 +194,7 @@ class InfluxDB1:
         self.query(f'DROP DATABASE "{name}"')
 
 
-class VictoriaMetrics:
+class VictoriaMetrics(_Server):
     """One victoria-metrics; it takes InfluxDB line protocol on /write and /api/v2/write."""
 
     def __init__(self, workdir: Path, binary: str = VICTORIA) -> None:
@@ -205,25 +217,8 @@ class VictoriaMetrics:
         except OSError:
             return False
 
-    @property
-    def running(self) -> bool:
-        return self.daemon.alive()
-
-    def start(self) -> None:
-        self.daemon.start()
-        wait_until(lambda: self.healthy() or not self.daemon.alive(), START_TIMEOUT)
-        if not self.healthy():
-            failure = self.daemon.failure("no 200 from /health")
-            self.daemon.stop()
-            raise failure
-
-    def stop(self) -> None:
-        self.daemon.stop(timeout=15.0)
-
-    def ensure_running(self) -> None:
-        if not (self.running and self.healthy()):
-            self.stop()
-            self.start()
+    def ready(self) -> bool:
+        return self.healthy()
 
     def force_flush(self) -> None:
         status, body = http("GET", f"{self.url}/internal/force_flush")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import logging
 import random
@@ -69,6 +70,18 @@ def delivery(sink: Sink, spool_dir: Path, **kw: object) -> Delivery:
     opts.update(kw)
     max_bytes = int(opts.pop("max_bytes", 1 << 20))  # type: ignore[call-overload]
     return Delivery(sink, Spool(spool_dir, max_bytes=max_bytes), DeliveryStats(), **opts)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running(d: Delivery, sink: Sink) -> AsyncIterator[Delivery]:
+    """The delivery's run loop for the body of a with-block; then shut down and close."""
+    task = asyncio.create_task(d.run())
+    try:
+        yield d
+    finally:
+        await d.shutdown(1.0)
+        await task
+        await sink.close()
 
 
 async def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> None:
@@ -359,16 +372,11 @@ async def test_503_then_ok_delivers_everything_once_in_order(server: FaultServer
     sink = v1(server.url)
     d = delivery(sink, tmp_path)
     data = rounds(3, 7)  # 7 lines per round in chunks of 5: 6 chunks
-    task = asyncio.create_task(d.run())
-    try:
+    async with running(d, sink):
         for r in data:
             d.submit(r)
             await asyncio.sleep(0)
         assert await d.flush(5.0)
-    finally:
-        await d.shutdown(1.0)
-        await task
-        await sink.close()
     assert server.accepted_lines() == flat(data)
     assert all(len(r.lines) <= 5 for r in server.received)
     s = d.stats
@@ -388,16 +396,11 @@ async def test_rejected_chunk_is_kept_aside_counted_and_the_rest_delivered(
     good1, bad, good2 = ["m f=1i 1", "m f=2i 2"], ["m f=3i 3", "bad", "m f=4i 4"], ["m f=5i 5"]
     sink = v1(server.url)
     d = delivery(sink, tmp_path)
-    task = asyncio.create_task(d.run())
-    try:
+    async with running(d, sink):
         with caplog.at_level(logging.INFO, logger=LOGGER):
             for r in (good1, bad, good2):
                 d.submit(r)
             assert await d.flush(5.0)
-    finally:
-        await d.shutdown(1.0)
-        await task
-        await sink.close()
     assert server.accepted_lines() == good1 + good2
     assert (d.stats.rejected_lines, d.stats.write_failures["http-4xx"], d.stats.written_lines) == (3, 1, 3)
     (kept,) = (tmp_path / "rejected").glob("*.lp")
@@ -422,13 +425,8 @@ async def test_full_spool_drops_oldest_counts_and_delivers_the_rest(
     assert d.spool.lines == 15
     drops = [r for r in caplog.records if "dropped" in r.getMessage()]
     assert sum(r.dropped_lines for r in drops) == 35  # type: ignore[attr-defined]
-    task = asyncio.create_task(d.run())
-    try:
+    async with running(d, sink):
         assert await d.flush(5.0)
-    finally:
-        await d.shutdown(1.0)
-        await task
-        await sink.close()
     assert server.accepted_lines() == flat(data[7:])
     assert (d.stats.written_lines, d.stats.replayed_lines) == (15, 15)
 
@@ -452,13 +450,8 @@ async def test_restart_replays_existing_spool_first(server: FaultServer, tmp_pat
     assert second.stats.spool_batches == 2  # known before the loop starts (for /metrics)
     new = ["m,r=new f=1i 99"]
     second.submit(new)  # goes behind the spooled rounds
-    task = asyncio.create_task(second.run())
-    try:
+    async with running(second, sink):
         assert await second.flush(5.0)
-    finally:
-        await second.shutdown(1.0)
-        await task
-        await sink.close()
     assert server.accepted_lines() == flat(old) + new
     assert (second.stats.replayed_lines, second.stats.written_lines) == (7, 7)
 
@@ -468,13 +461,8 @@ async def test_replay_counts_a_raw_newline_line_once(server: FaultServer, tmp_pa
     Spool(tmp_path, max_bytes=1 << 20).append(lines)  # left by an earlier run
     sink = v1(server.url)
     d = delivery(sink, tmp_path)
-    task = asyncio.create_task(d.run())
-    try:
+    async with running(d, sink):
         assert await d.flush(5.0)
-    finally:
-        await d.shutdown(1.0)
-        await task
-        await sink.close()
     assert [r.body for r in server.received] == ["\n".join(lines).encode()]
     assert (d.stats.replayed_lines, d.stats.written_lines) == (2, 2)
 
@@ -508,13 +496,8 @@ async def test_shutdown_during_slow_write_returns_in_time_and_spools_the_rest(
     server.received.clear()
     sink = v1(server.url)
     again = delivery(sink, tmp_path)
-    task = asyncio.create_task(again.run())
-    try:
+    async with running(again, sink):
         assert await again.flush(5.0)
-    finally:
-        await again.shutdown(1.0)
-        await task
-        await sink.close()
     assert server.accepted_lines() == [*flat(data), "m,r=late f=1i 1"]
 
 
@@ -662,16 +645,11 @@ async def test_pruning_rejected_is_logged_and_counted(
     one = len(("# dnssec-probe batch lines=5\n" + "".join(f"{x}\n" for x in data[0])).encode())
     sink = v1(server.url)
     d = delivery(sink, tmp_path, max_bytes=2 * one + 150)  # two rejected batches and one .why, not more
-    task = asyncio.create_task(d.run())
-    try:
+    async with running(d, sink):
         with caplog.at_level(logging.WARNING, logger=LOGGER):
             for r in data:
                 d.submit(r)
             assert await d.flush(5.0)
-    finally:
-        await d.shutdown(1.0)
-        await task
-        await sink.close()
     assert (d.stats.rejected_lines, d.stats.rejected_pruned_lines) == (20, 10)
     assert [p.read_text().splitlines()[1:] for p in sorted((tmp_path / "rejected").glob("*.lp"))] == data[2:]
     pruned = [r for r in caplog.records if getattr(r, "event", "") == "rejected-pruned"]
