@@ -26,7 +26,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from dnslab.servers import Daemon, wait_until
@@ -241,14 +241,21 @@ class VictoriaMetrics(_Server):
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="session")
-def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
-    server = InfluxDB1(Path(tmp_path_factory.mktemp("influxdb")), need_binary(INFLUXD))
+S = TypeVar("S", bound=_Server)
+
+
+def _served(server: S) -> Iterator[S]:
+    """Started for the session, stopped by pid at its end."""
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
+    yield from _served(InfluxDB1(Path(tmp_path_factory.mktemp("influxdb")), need_binary(INFLUXD)))
 
 
 @pytest.fixture
@@ -263,12 +270,8 @@ def influx_db(influxdb: InfluxDB1) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def victoriametrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
-    server = VictoriaMetrics(Path(tmp_path_factory.mktemp("victoriametrics")), need_binary(VICTORIA))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    workdir = Path(tmp_path_factory.mktemp("victoriametrics"))
+    yield from _served(VictoriaMetrics(workdir, need_binary(VICTORIA)))
 
 
 @pytest.fixture
