@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from influxdb_client.client.write.point import Point
 from influxdb_client.domain.write_precision import WritePrecision
 
+from probe.alerts import AlertStats
 from probe.codes import Verdict
 from probe.engine import CheckResult
 from probe.incidents import BogusView, IncidentEvent, ZoneRound
+from probe.sinks import DeliveryStats
 
 M_CHECK, M_ZONE, M_INCIDENT, M_ROUND = "dnssec_check", "dnssec_zone", "dnssec_incident", "dnssec_round"
+M_STATS = "dnssec_probe_stats"
 NS = WritePrecision.NS
 
 # Which verdict stands for a resolver in a zone with several probe names: the worst one.
@@ -179,6 +182,23 @@ def round_point(rnd: RoundInfo, checks: int) -> Point:
     return (Point(M_ROUND).tag("vantage", rnd.vantage)
             .field("duration_s", float(rnd.duration_s)).field("checks", checks)
             .field("overrun", rnd.overrun).field("partial", rnd.partial)
+            .field("round", rnd.number).time(ns(rnd.started), NS))
+
+
+def stats_point(rnd: RoundInfo, d: DeliveryStats, a: AlertStats, open_incidents: int) -> Point:
+    """The probe's own health, once per round (counters since the process started): what a
+    dashboard shows beside the data. Written like any point, so an outage's failures arrive
+    once the server is back."""
+    return (Point(M_STATS).tag("vantage", rnd.vantage)
+            .field("written_lines", d.written_lines)
+            .field("write_failures", sum(d.write_failures.values()))
+            .field("spooled_lines", d.spooled_lines).field("dropped_lines", d.dropped_lines)
+            .field("rejected_lines", d.rejected_lines).field("spool_bytes", d.spool_bytes)
+            .field("spool_batches", d.spool_batches)
+            .field("last_success", int(d.last_success or 0))
+            .field("alerts_sent", sum(a.sent.values()))
+            .field("alert_failures", sum(a.failures.values()))
+            .field("alerts_pending", a.pending).field("open_incidents", open_incidents)
             .field("round", rnd.number).time(ns(rnd.started), NS))
 
 

@@ -28,6 +28,7 @@ from probe.points import (
     incident_points,
     resolver_verdicts,
     round_point,
+    stats_point,
     to_lines,
     zone_points,
     zone_rounds,
@@ -152,6 +153,16 @@ def test_incident_and_round_points() -> None:
                   'rrsig_keytags="47941"', "recovers_at=1700000020i",
                   'id="14.in-addr.arpa@2023-11-14T22:13:23Z"', "round=7i"):
         assert field in line, (field, line)
+    from probe.alerts import AlertStats
+    from probe.sinks import DeliveryStats
+
+    d = DeliveryStats(written_lines=10, spool_bytes=5)
+    d.write_failures["timeout"] += 2
+    sline = stats_point(RND, d, AlertStats(pending=1), 3).to_line_protocol()
+    assert sline.startswith("dnssec_probe_stats,vantage=lab\\ host ")
+    for field in ("written_lines=10i", "write_failures=2i", "spool_bytes=5i", "alerts_pending=1i",
+                  "open_incidents=3i", "last_success=0i", "round=7i"):
+        assert field in sline, (field, sline)
     rline = round_point(RND, 6).to_line_protocol()
     assert rline.startswith("dnssec_round,vantage=lab\\ host ")
     assert "checks=6i" in rline and "overrun=false" in rline and "duration_s=2.5" in rline

@@ -119,6 +119,8 @@ class Metrics:
         self.last_round = Gauge(f"{PREFIX}_last_round_timestamp_seconds",
                                 "When the last round ended.", registry=r)
         self.delivery = delivery
+        self.alerts = alerts
+        self.open_incidents = open_incidents
         self.health = Health()
         r.register(_StatsCollector(delivery, alerts, open_incidents))
 

@@ -32,6 +32,7 @@ from probe.points import (
     incident_points,
     resolver_verdicts,
     round_point,
+    stats_point,
     to_lines,
     zone_points,
     zone_rounds,
@@ -202,7 +203,9 @@ class Monitor:
                 raise
             self.open = now_open
             points += incident_points(events, rnd)
-        points.append(round_point(rnd, len(results)))
+        m = self.metrics
+        points += [round_point(rnd, len(results)),
+                   stats_point(rnd, m.delivery, m.alerts, len(self.open))]
         self.writer.submit(to_lines(points))
         self.pager.kick(list(self.open.values()))
         self._account(results, rnd, time.process_time() - cpu0)
