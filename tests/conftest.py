@@ -14,7 +14,7 @@ from probe.resolvers import ResolverSpec
 from probe.zones import ProbeName, ZoneSpec
 
 # Real InfluxDB / VictoriaMetrics / Alertmanager fixtures live in their own plugin modules.
-pytest_plugins = ["influx_fixtures", "alert_fixtures"]
+pytest_plugins = ["influx_fixtures", "alert_fixtures", "cutover_run"]
 
 # Lab tests wait for short TTLs; queries go only to 127.53.x.x.
 LAB_CONFIG = EngineConfig(qps=0, timeout=1.0, retries=1, per_resolver=8, allow_local_auth=True)

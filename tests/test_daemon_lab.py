@@ -18,31 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alert_fixtures import PAGERDUTY_PATH, WEBHOOK_PATH, Alertmanager, HttpReceiver
+from alert_fixtures import HttpReceiver
+from cutover_run import BASE, CUT, PD_KEY, ROLL, CutoverRun, lab_settings
 from daemonproc import DaemonProc, free_port
 from dnslab import Lab
 
 pytestmark = pytest.mark.lab
 
-CUT = "49.in-addr.arpa."  # bad cut-over here
-ROLL = "58.in-addr.arpa."  # correct pre-published rollover here
-BASE = "1.in-addr.arpa."
 BROKEN = "36.in-addr.arpa."  # expired signatures: bogus at every resolver, all the time
-
-
-def zones_file(lab: Lab, path: Path, names: list[str]) -> Path:
-    path.write_text("".join(f"{z} {lab.zones[z].probe_names[0][0]}\n" for z in names))
-    return path
-
-
-def lab_settings(lab: Lab, workdir: Path, zones: list[str], **more: Any) -> dict[str, Any]:
-    return {
-        "zones": str(zones_file(lab, workdir / "zones.txt", zones)),
-        "resolver": [f"{r.name}={r.host}" for r in lab.resolvers],
-        "interval": 1.5, "jitter": 0.0, "qps": 0.0, "timeout": 1.0, "retries": 1,
-        "allow_local_auth": True, "state_dir": str(workdir / "state"), "vantage": "lab",
-        **more,
-    }
 
 
 def lines_in(state_dir: Path) -> list[str]:
@@ -136,47 +119,21 @@ def influx_rows(result: Any) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-def test_cutover_opens_one_incident_pages_and_resolves(
-        lab: Lab, influxdb: Any, alertmanager: Alertmanager, http_receiver: HttpReceiver,
-        tmp_path: Path) -> None:
-    db = "e2e"
-    influxdb.create_db(db)
-    alertmanager.clear()
-    metrics_port = free_port()
-    settings = lab_settings(
-        lab, tmp_path, [BASE, CUT, ROLL], influx_url=influxdb.url, influx_api="v1",
-        influx_db=db, alertmanager_url=alertmanager.url, webhook_url=f"{http_receiver.url}/hook",
-        pagerduty_url=f"{http_receiver.url}/pd", metrics_listen=f"127.0.0.1:{metrics_port}")
-    d = DaemonProc(tmp_path, settings, env={"DNSSEC_PROBE_PAGERDUTY_KEY": "pd-secret-key"})
-    d.start()
-    cut, roll = lab.zones[CUT], lab.zones[ROLL]
-    try:
-        d.wait_rounds(2, 20)  # steady state, caches warm
-        assert not d.of("incident-open")
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5) as r:
-            assert r.status == 200 and json.load(r)["ok"] is True
-        lab.cutover(CUT)
-        lab.prepublish(ROLL)
-        t_cut = time.time()
-        opened = d.wait_for(lambda e: e.get("event") == "incident-open", 20, "incident open")
-        # Correct rollover, step 2, once every cache holds the new key too.
-        time.sleep(max(0.0, t_cut + roll.dnskey_ttl + roll.record_ttl + 1 - time.time()))
-        lab.roll(ROLL)
-        resolved = d.wait_for(lambda e: e.get("event") == "incident-resolve",
-                              cut.dnskey_ttl + 40, "incident resolve")
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-            metrics = r.read().decode()
-    finally:
-        rc = d.stop()
-    assert rc == 0
+def test_cutover_opens_one_incident_pages_and_resolves(lab: Lab, influxdb: Any,
+                                                        cutover_run: CutoverRun) -> None:
+    run, d, db = cutover_run, cutover_run.daemon, cutover_run.db
+    cut = lab.zones[CUT]
+    assert run.rc == 0 and run.healthz_before["ok"] is True
+    (opened,) = d.of("incident-open")  # the rollover zone opened nothing
+    (resolved,) = d.of("incident-resolve")
     assert opened["zone"] == CUT and opened["kind"] == "stale-dnskey-cache"
     assert opened["rrsig_keytags"] == [cut.standby_zsk_tag]
     assert set(opened["cached_keytags"]) == {cut.ksk_tag, cut.zsk_tag}
     assert opened["affected"] >= 2 and resolved["incident"] == opened["incident"]
-    assert len(d.of("incident-open")) == 1  # the rollover zone opened nothing
     inc_id = opened["incident"]
 
     # InfluxDB: the incident's events, the first failing round, every check of every round.
+    influxdb.ensure_running()
     rows = influx_rows(influxdb.query(
         'SELECT * FROM dnssec_incident GROUP BY "zone", "event", "kind"', db))
     assert {r["zone"] for r in rows} == {CUT}
@@ -202,32 +159,27 @@ def test_cutover_opens_one_incident_pages_and_resolves(
         f"SELECT * FROM dnssec_check WHERE \"zone\" = '{ROLL}' AND verdict != 'secure'", db))
 
     # Alertmanager delivered firing then resolved to its webhook and PagerDuty receivers.
-    def am_statuses() -> list[str]:
-        return [a["status"] for b in alertmanager.received(WEBHOOK_PATH) for a in b["alerts"]
+    statuses = [a["status"] for b in run.am_webhook for a in b["alerts"]
                 if a["labels"].get("zone") == CUT]
-
-    def pd_actions() -> list[str]:
-        return [b["event_action"] for b in alertmanager.received(PAGERDUTY_PATH)]
-
-    alertmanager.wait_for(lambda: "resolved" in am_statuses() and "resolve" in pd_actions(), 15)
-    assert am_statuses()[0] == "firing"
-    fired = next(a for b in alertmanager.received(WEBHOOK_PATH) for a in b["alerts"])
+    assert statuses[0] == "firing" and "resolved" in statuses
+    fired = next(a for b in run.am_webhook for a in b["alerts"] if a["labels"].get("zone") == CUT)
     assert fired["labels"]["alertname"] == "DNSSECValidationFailure"
     assert fired["labels"]["kind"] == "stale-dnskey-cache" and fired["labels"]["vantage"] == "lab"
     assert str(cut.standby_zsk_tag) in fired["annotations"]["description"]
-    assert pd_actions()[0] == "trigger"
+    pd_actions = [b["event_action"] for b in run.am_pagerduty]
+    assert pd_actions[0] == "trigger" and "resolve" in pd_actions
     # Our own PagerDuty channel: trigger(s) and one resolve, all with the incident id.
-    pd = http_receiver.received("/pd")
+    pd = run.pagerduty
     assert {b["dedup_key"] for b in pd} == {inc_id}
     assert pd[0]["event_action"] == "trigger" and pd[-1]["event_action"] == "resolve"
     assert [b["event_action"] for b in pd].count("resolve") == 1
-    hooks = http_receiver.received("/hook")
+    hooks = run.webhook
     assert hooks[0]["event"] == "open" and hooks[-1]["event"] == "resolve"
     assert hooks[0]["incident"]["id"] == inc_id and hooks[0]["incident"]["zone"] == CUT
     # Self-metrics saw it all; the routing key never reached the logs.
-    assert "dnssec_probe_rounds_total" in metrics and 'verdict="bogus"' in metrics
-    assert "pd-secret-key" not in d.log_path.read_text()
-    assert [i["id"] for i in incidents_cli(tmp_path / "state")] == [inc_id]
+    assert "dnssec_probe_rounds_total" in run.metrics and 'verdict="bogus"' in run.metrics
+    assert PD_KEY not in d.log_path.read_text()
+    assert [i["id"] for i in incidents_cli(run.state_dir)] == [inc_id]
 
 
 # A few backoff steps (1, 2, 4 s ...) pass while it is away; OUTAGE_ROUNDS=60 makes it the
