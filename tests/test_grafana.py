@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from grafana_foundation_sdk.models.dashboard import Dashboard
+from test_compose import strings
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
@@ -222,15 +223,6 @@ def test_alert_rules_contact_point_and_policy() -> None:
     assert policy["group_by"] == ["alertname", "zone", "vantage"]
 
 
-def strings(node: Any) -> Iterator[str]:
-    if isinstance(node, str):
-        yield node
-    elif isinstance(node, dict):
-        for v in node.values():
-            yield from strings(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from strings(v)
 
 
 def test_provisioning_expands_exactly_the_required_env() -> None:
