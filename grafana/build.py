@@ -41,8 +41,12 @@ FOLDER = "DNSSEC"
 BOGUS_RATIO_THRESHOLD = 0.25  # bogus-spike rule: share of a zone's resolvers answering bogus
 BOGUS_WINDOW_S = 300
 BOGUS_FOR = "3m"
-SILENT_WINDOW_S = 300  # probe-silent rule: no dnssec_round point for this long
-SILENT_FOR = "1m"  # one more evaluation, so a fresh stack does not page before its first round
+# Probe-silent rule: no dnssec_round point from a vantage for this long. The query counts rounds
+# per minute over a day (fill(0)), so a vantage that fell silent still has a series (of zeros)
+# and fires on its own; the moving average spans the last SILENT_WINDOW_S.
+SILENT_WINDOW_S = 300
+SILENT_LOOKBACK_S = 86400  # a vantage silent for longer drops out (all silent: no data fires)
+SILENT_FOR = "1m"  # two evaluations in a row: the current minute's bucket is still filling
 
 T = TypeVar("T")
 
@@ -594,15 +598,17 @@ ALERT_RULES = (
         dashboard_uid="dnssec-overview", panel_title="Bogus share by zone"),
     AlertRule(
         uid="dnssec-probe-silent", title="DNSSEC probe silent",
-        query='SELECT count("round") FROM "dnssec_round" WHERE $timeFilter GROUP BY "vantage"',
-        window_s=SILENT_WINDOW_S, reducer="last", op="lt", threshold=1, for_=SILENT_FOR,
+        query=(f'SELECT moving_average(count("round"), {SILENT_WINDOW_S // 60}) '
+               'FROM "dnssec_round" WHERE $timeFilter GROUP BY time(1m), "vantage" fill(0)'),
+        # Rounds per minute over the last minutes; any round in them makes it >= 1/5.
+        window_s=SILENT_LOOKBACK_S, reducer="last", op="lt", threshold=0.1, for_=SILENT_FOR,
         no_data="Alerting", labels={"severity": "critical"},
         summary=f"dnssec-probe silent: no round in {SILENT_WINDOW_S // 60} minutes",
         description=(
             f"No dnssec_round point for {SILENT_WINDOW_S // 60} minutes "
             "{{ if $labels.vantage }}from vantage {{ $labels.vantage }}{{ else }}from any "
             "vantage{{ end }}: the probe is down, stuck or cannot write to InfluxDB, and "
-            "nothing watches the zones."),
+            "nothing watches the zones from there."),
         dashboard_uid="dnssec-probe-health", panel_title="Rounds"),
 )
 

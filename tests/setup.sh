@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a Debian 12 machine: the lab's DNS servers, dnsperf for the
-# benchmark, and the project with its test extras. Needs root (apt-get, port 53, loopback aliases).
+# benchmark, InfluxDB 1.6, VictoriaMetrics, Alertmanager, shellcheck (the compose stack's init
+# script), and the project with its test extras. Needs root (apt-get, port 53, loopback aliases).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(
   unbound bind9 bind9-utils bind9-dnsutils knot-resolver pdns-recursor nsd knot knot-dnsutils
   ldnsutils dnsperf iproute2 procps influxdb influxdb-client victoria-metrics prometheus-alertmanager
+  shellcheck
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

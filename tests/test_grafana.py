@@ -167,8 +167,9 @@ def test_query_uses_portable_influxql_and_known_macros(where: str, query: str) -
     assert not re.search(r"\$(vantage|zone|resolver)\b", bare), query
     if query.startswith("SELECT"):
         assert "WHERE $timeFilter" in query, query
+        # Panels follow the dashboard's resolution; rules have a fixed one of their own.
         for m in re.finditer(r"GROUP BY time\(([^)]*)\)", query):
-            assert m.group(1) == "$__interval", query
+            assert m.group(1) == ("1m" if where.startswith("alert") else "$__interval"), query
     unquoted = re.sub(r'"[^"]*"|\'[^\']*\'|/[^/]*/', "", query)
     for name in NAMES:
         assert not re.search(rf"\b{name}\b", unquoted), (name, query)
@@ -212,7 +213,9 @@ def test_alert_rules_contact_point_and_policy() -> None:
     assert spike["for"] == "3m" and spike["labels"]["severity"] == "critical"
     assert spike["data"][0]["relativeTimeRange"] == {"from": 300, "to": 0}
     assert silent["noDataState"] == "Alerting"
-    assert silent["data"][0]["relativeTimeRange"] == {"from": 300, "to": 0}
+    assert silent["data"][0]["relativeTimeRange"] == {"from": 86400, "to": 0}
+    (cond,) = [q for q in silent["data"] if q["refId"] == silent["condition"]]
+    assert cond["model"]["conditions"][0]["evaluator"] == {"type": "lt", "params": [0.1]}
     assert 'FROM "dnssec_round"' in silent["data"][0]["model"]["query"]
 
     (cp,) = provisioned("alerting/contact-points.yaml")["contactPoints"]
