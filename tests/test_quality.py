@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("cmd", [
-    [sys.executable, "-m", "ruff", "check", "probe", "tests", "bench"],
-    [sys.executable, "-m", "mypy", "probe"],
+    [sys.executable, "-m", "ruff", "check", "probe", "tests", "bench", "grafana"],
+    [sys.executable, "-m", "mypy", "probe", "grafana/build.py"],
 ], ids=["ruff", "mypy"])
 def test_static_checks(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
