@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from probe.codes import EDE_DNSSEC_FAILURE, SEVERITY, DiagnosisKind, Severity, Verdict
 from probe.diagnose import Diagnosis
-from probe.observation import Observation, Outcome
+from probe.observation import Observation, Outcome, RRsetObs
 
 RCODE_NOERROR, RCODE_SERVFAIL, RCODE_NXDOMAIN, RCODE_REFUSED = 0, 2, 3, 5
 
@@ -31,7 +31,56 @@ class Classification:
         return self.verdict in (Verdict.BOGUS, Verdict.SERVFAIL)
 
 
-_TRIAGED_SECURE = Classification(Verdict.SECURE, "ad-answer")
+_TRIAGED_SECURE = _SECURE_ANSWER = Classification(Verdict.SECURE, "ad-answer")
+
+MAX_CNAME_CHAIN = 8  # CNAME links followed from the question's name (RFC 1034 §3.6.2: loops)
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """The question's name and the CNAME targets followed from it in one answer section."""
+
+    names: tuple[str, ...]  # lower case, qname first
+    data: tuple[RRsetObs, ...]  # the qtype RRsets owned by the last name
+    broken: bool  # a loop, a chain longer than MAX_CNAME_CHAIN, or a CNAME with several targets
+
+
+def answer_chain(obs: Observation, qname: str, qtype: str) -> Chain:
+    """Follow qname -> CNAME target -> ... in the answer; the data must sit at the end."""
+    names = [qname.lower()]
+    while True:
+        data = obs.rrsets(qtype, names[-1])
+        if data or qtype == "CNAME":
+            return Chain(tuple(names), tuple(data), False)
+        cnames = [rd for r in obs.rrsets("CNAME", names[-1]) for rd in r.rdatas]
+        if not cnames:
+            return Chain(tuple(names), (), False)
+        target = cnames[0].lower()
+        if len(set(cnames)) > 1 or target in names or len(names) > MAX_CNAME_CHAIN:
+            return Chain(tuple(names), (), True)
+        names.append(target)
+
+
+_DENIAL_TYPES = frozenset({"SOA", "NSEC", "NSEC3"})
+
+
+def _ad_noerror(obs: Observation) -> Classification:
+    """AD=1 NOERROR: the data at the end of the CNAME chain, or a NODATA denial."""
+    if obs.rrsets(obs.qtype, obs.qname):
+        return _SECURE_ANSWER  # the common case: the data at the question's own name
+    chain = answer_chain(obs, obs.qname, obs.qtype)
+    if chain.broken:
+        return Classification(Verdict.ERROR, "cname-loop")
+    if chain.data:
+        return _SECURE_ANSWER
+    on_chain = set(chain.names)
+    stray = [r for r in obs.answer if r.name.lower() not in on_chain
+             or (r.rdtype not in ("CNAME", obs.qtype) and not r.rdtype.startswith("RRSIG"))]
+    # Nothing but the chain (or nothing at all) is NODATA; records for other names are an
+    # answer to another question unless the authority section says NODATA (RFC 2308 §2.2).
+    if not stray or any(r.rdtype in _DENIAL_TYPES for r in obs.authority):
+        return Classification(Verdict.SECURE, "ad-denial")
+    return Classification(Verdict.ERROR, "answer-owner-mismatch")
 
 
 def classify(
@@ -49,9 +98,9 @@ def classify(
     rcode = obs.rcode
     if rcode in (RCODE_NOERROR, RCODE_NXDOMAIN):
         if obs.ad:
-            has_data = bool(obs.rrsets(obs.qtype)) or not obs.parsed
-            denial = rcode == RCODE_NXDOMAIN or not has_data
-            return Classification(Verdict.SECURE, "ad-denial" if denial else "ad-answer")
+            if rcode == RCODE_NXDOMAIN:
+                return Classification(Verdict.SECURE, "ad-denial")
+            return _ad_noerror(obs)
         return Classification(Verdict.INSECURE, "no-ad")
     if rcode == RCODE_REFUSED:
         return Classification(Verdict.REFUSED, "refused")
@@ -67,7 +116,7 @@ def classify(
             cd_answer is not None
             and cd_answer.outcome is Outcome.REPLY
             and cd_answer.rcode == RCODE_NOERROR
-            and cd_answer.rrsets(obs.qtype)
+            and answer_chain(cd_answer, obs.qname, obs.qtype).data
         ):
             return Classification(Verdict.BOGUS, "cd-data")
         return Classification(Verdict.SERVFAIL, "servfail-unexplained")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import sys
 import traceback
@@ -23,7 +24,7 @@ from probe.codes import REASONS, SEVERITY, DiagnosisKind, Verdict
 from probe.daemon.config import DaemonConfig
 from probe.engine import CheckResult, Engine, EngineConfig
 from probe.errors import ConfigError
-from probe.report import EXIT_UNKNOWN, exit_status, render_table, to_json
+from probe.report import EXIT_UNKNOWN, exit_status, plain, render_table, to_json, visible
 from probe.resolvers import (
     DEFAULT_RESOLVERS,
     ResolverSpec,
@@ -32,6 +33,39 @@ from probe.resolvers import (
     parse_resolver,
 )
 from probe.zones import ZoneSpec, load_zones, select_zones
+
+if typing.TYPE_CHECKING:
+    _FloatParam = click.ParamType[float]
+else:  # ParamType is generic only from click 8.2 on; pyproject allows 8.1
+    _FloatParam = click.ParamType
+
+
+class FiniteFloat(_FloatParam):
+    """A finite number, optionally bounded below: inf, nan and 1e400 are usage errors (exit 3),
+    not an OverflowError deep inside a rate limiter."""
+
+    name = "number"
+
+    def __init__(self, minimum: float | None = None, *, open_min: bool = False) -> None:
+        self.minimum = minimum
+        self.open_min = open_min
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, float) and math.isfinite(value):
+            number = value  # a default
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError, OverflowError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+            if not math.isfinite(number):
+                self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.minimum is not None and (number <= self.minimum if self.open_min
+                                         else number < self.minimum):
+            self.fail(f"{value!r} is not a number {'>' if self.open_min else '>='} "
+                      f"{self.minimum:g}", param, ctx)
+        return number
 
 
 def default_zones_file() -> Path | None:
@@ -102,9 +136,9 @@ def cli() -> None:
 @click.option("-6", "ipv6", is_flag=True, help="Only IPv6 resolvers.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with a results list.")
 @click.option("--raw", is_flag=True, help="With --json: include raw observations and evidence.")
-@click.option("--qps", type=float, default=20.0, show_default=True,
+@click.option("--qps", type=FiniteFloat(0), default=20.0, show_default=True,
               help="Queries per second per resolver (0 = unlimited).")
-@click.option("--timeout", type=float, default=2.0, show_default=True,
+@click.option("--timeout", type=FiniteFloat(0, open_min=True), default=2.0, show_default=True,
               help="Seconds per attempt.")
 @click.option("--retries", type=int, default=2, show_default=True)
 @click.option("--inflight", type=int, default=256, show_default=True,
@@ -121,6 +155,9 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
     """Check ZONES (default: every zone in zones.txt) against every resolver, once."""
     if ipv4 and ipv6:
         raise click.UsageError("-4 and -6 exclude each other")
+    if raw and not as_json:
+        # --raw adds observations and evidence to the JSON document; a table has no room for it.
+        raise click.UsageError("--raw only applies to --json output")
     family = 4 if ipv4 else 6 if ipv6 else None
     zone_specs = _zones(zones_file, zones)
     resolvers = _resolvers(resolver_specs, resolver_files, with_defaults, family)
@@ -156,8 +193,8 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
         out = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
         render_table(results, out)
     if failure is not None:
-        click.echo(f"dnssec-probe: internal error: {failure.__class__.__name__}: {failure}",
-                   err=True)
+        click.echo(f"dnssec-probe: internal error: {failure.__class__.__name__}: "
+                   f"{visible(str(failure))}", err=True)
         traceback.print_exception(failure, file=sys.stderr)
     if interrupted:
         click.echo(f"interrupted: {len(results)} of {total} checks done", err=True)
@@ -175,7 +212,9 @@ def _config_options(f: Callable[..., None]) -> Callable[..., None]:
         flag = flag_name(key)
         if want is bool:
             opt = click.option(f"{flag}/--no-{flag[2:]}", key, default=None, help=help_text)
-        elif want in (int, float, str):
+        elif want is float:
+            opt = click.option(flag, key, type=FiniteFloat(), default=None, help=help_text)
+        elif want in (int, str):
             opt = click.option(flag, key, type=want, default=None, help=help_text)
         else:
             opt = click.option(flag, key, multiple=True, help=help_text + " (repeatable)")
@@ -239,8 +278,10 @@ def incidents(state_dir: str | None, config_file: str | None, as_json: bool,
     table.add_column("id", no_wrap=True)
     table.columns.insert(0, table.columns.pop())
     for i in found:
-        table.add_row(i.id, "open" if i.is_open else f"resolved {iso(i.resolved_at or 0)}",
-                      i.kind, f"{i.affected} (max {i.max_affected})", ", ".join(i.resolvers),
+        # Ids, kinds and resolver names were stored from input files: plain Text, no markup.
+        table.add_row(plain(i.id), "open" if i.is_open else f"resolved {iso(i.resolved_at or 0)}",
+                      plain(i.kind), f"{i.affected} (max {i.max_affected})",
+                      plain(", ".join(i.resolvers)),
                       ", ".join(map(str, i.rrsig_keytags)) or "-",
                       ", ".join(map(str, i.cached_keytags)) or "-",
                       iso(i.recovers_at) if i.recovers_at else "-")
@@ -284,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(EXIT_UNKNOWN)
     except ConfigError as exc:
-        click.echo(f"dnssec-probe: error: {exc}", err=True)
+        # The message may quote a file's bytes: control characters are shown, not sent.
+        click.echo(f"dnssec-probe: error: {visible(str(exc))}", err=True)
         sys.exit(EXIT_UNKNOWN)
     sys.exit(0)

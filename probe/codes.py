@@ -79,6 +79,11 @@ REASONS: dict[str, Reason] = {
         _r("servfail-unexplained", "SERVFAIL with no sign of a validation failure", "RFC 1035 §4.1.1"),
         _r("refused", "the resolver answered REFUSED", "RFC 1035 §4.1.1"),
         _r("unexpected-rcode", "an rcode other than NOERROR/NXDOMAIN/SERVFAIL/REFUSED", "RFC 6895 §2.3"),
+        _r("answer-owner-mismatch",
+           "AD=1 NOERROR whose records are for names outside the question and its CNAME chain, "
+           "and no denial in the authority section: not an answer", "RFC 1034 §4.3.2; RFC 2308 §2.2"),
+        _r("cname-loop", "the answer's CNAME chain loops, forks or is longer than 8 links",
+           "RFC 1034 §3.6.2, §5.2.2"),
         _r("timeout", "no acceptable reply before the deadline, after retries", "RFC 1035 §7.2"),
         _r("resolver-dead", "not sent: the resolver answered none of the last queries", "RFC 1035 §7.2"),
         _r("unreachable", "no route to the resolver from this host (e.g. no IPv6)", "RFC 1122 §3.2.2.1"),
@@ -112,6 +117,11 @@ REASONS: dict[str, Reason] = {
            "RFC 4035 §3.2.2"),
         _r("cache-matches-source", "the resolver caches the same keys that sign the data",
            "RFC 4035 §5"),
+        _r("validation-budget-exceeded",
+           "too many keys, signatures or DS records to check within the per-diagnosis bound "
+           "(KeyTrap guard); nothing is concluded from what was left unchecked",
+           "RFC 4033 §12; RFC 9276 §3.2-style work limit; CVE-2023-50387 (KeyTrap), "
+           "CVE-2023-50868"),
     )
 }
 

@@ -16,13 +16,17 @@ from typing import Any
 import dns.dnssec
 import dns.exception
 import dns.name
+import dns.node
 import dns.rdata
 import dns.rdataclass
+import dns.rdataset
 import dns.rdatatype
 import dns.rrset
+from dns.dnssectypes import DSDigest
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 from dns.rdtypes.ANY.DS import DS
 from dns.rdtypes.ANY.RRSIG import RRSIG
+from dns.rdtypes.dnskeybase import Flag
 
 from probe.codes import DiagnosisKind
 from probe.observation import FLAG_AA, Observation, Outcome, RRsetObs
@@ -63,6 +67,9 @@ class Evidence:
     auth: tuple[AuthEvidence, ...] = ()
     auth_source: str = "none"  # "zones-file" | "discovered" | "none"
     notes: tuple[str, ...] = field(default=())
+    # "discovered": the resolvers whose NS and address answers agreed (two, or one when no
+    # second resolver answered); never only the resolver under test when another answered.
+    auth_resolvers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +79,7 @@ class Evidence:
             "cached_ds": self.cached_ds.to_dict() if self.cached_ds else None,
             "auth": [a.to_dict() for a in self.auth],
             "auth_source": self.auth_source,
+            "auth_resolvers": list(self.auth_resolvers),
             "notes": list(self.notes),
         }
 
@@ -83,6 +91,7 @@ class Evidence:
             cached_ds=_obs(d.get("cached_ds")),
             auth=tuple(AuthEvidence.from_dict(a) for a in d.get("auth", ())),
             auth_source=str(d.get("auth_source", "none")),
+            auth_resolvers=tuple(str(r) for r in d.get("auth_resolvers", ())),
             notes=tuple(str(n) for n in d.get("notes", ())),
         )
 
@@ -113,64 +122,188 @@ class Diagnosis:
         }
 
 
+# ---- work bounds ----------------------------------------------------------------------------
+# One reply from a hostile server must not buy unbounded CPU (KeyTrap, CVE-2023-50387; and the
+# DS x DNSKEY variant, CVE-2023-50868 class). Real zones need a few keys, a few signatures per
+# RRset and a few verifications per diagnosis; past these bounds the diagnosis says it stopped
+# ("validation-budget-exceeded") instead of guessing.
+MAX_RDATAS = 64  # DNSKEY, DS and RRSIG rdatas parsed per RRset
+MAX_SIGNED_RDATAS = 512  # records of one RRset rebuilt to check a signature over it
+MAX_SIGNED_RRSETS = 8  # RRsets of one answer whose signatures are checked (data or denial)
+MAX_KEYS_PER_SIG = 4  # keys with the signature's (key tag, algorithm) tried per signature
+MAX_SIGS_PER_RRSET = 8  # signatures per RRset that get as far as a verification
+MAX_VERIFICATIONS = 32  # signature verifications per diagnosis
+MAX_DS_DIGESTS = 16  # DS digest computations per diagnosis
+
+BUDGET_REASON = "validation-budget-exceeded"
+
+
+class _OutOfBudget(Exception):
+    """Raised inside the diagnosis when a per-diagnosis bound is reached; never escapes it."""
+
+
+RRsetKey = tuple[str, str, tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class _KeySet:
+    """A DNSKEY RRset parsed once: key tags computed once per key, indexed by (tag, algorithm)."""
+
+    keys: tuple[DNSKEY, ...]
+    tags: frozenset[int]
+    by_tag: dict[tuple[int, int], tuple[DNSKEY, ...]]
+    truncated: bool  # more rdatas than MAX_RDATAS: the rest was not looked at
+
+    @classmethod
+    def of(cls, keys: Iterable[DNSKEY], truncated: bool = False) -> _KeySet:
+        index: dict[tuple[int, int], list[DNSKEY]] = {}
+        for k in keys:
+            index.setdefault((dns.dnssec.key_id(k), int(k.algorithm)), []).append(k)
+        return cls(tuple(k for ks in index.values() for k in ks),
+                   frozenset(t for t, _ in index), {t: tuple(ks) for t, ks in index.items()},
+                   truncated)
+
+
+@dataclass(slots=True)
+class _Work:
+    """The work one diagnosis may still do, what it had to cut short, and what it already did."""
+
+    verifications: int = MAX_VERIFICATIONS
+    digests: int = MAX_DS_DIGESTS
+    cut: dict[str, None] = field(default_factory=dict)  # what was cut short, for people
+    keysets: dict[RRsetObs, _KeySet] = field(default_factory=dict)
+    verified: dict[tuple[RRsetKey, RRSIG, DNSKEY], bool] = field(default_factory=dict)
+    ds_digests: dict[tuple[DNSKEY, int], bytes | None] = field(default_factory=dict)
+
+    def note_cut(self, what: str) -> None:
+        self.cut[what] = None
+
+    def verify(self, rrset: dns.rrset.RRset, sig: RRSIG, key: DNSKEY, origin: dns.name.Name,
+               now: float) -> bool:
+        """One signature verification with one key, charged to the budget."""
+        if self.verifications <= 0:
+            self.note_cut(f"stopped after {MAX_VERIFICATIONS} signature verifications")
+            raise _OutOfBudget
+        self.verifications -= 1
+        # Only this key: dnspython would otherwise try every key with the same tag itself.
+        keys: dict[dns.name.Name, dns.node.Node | dns.rdataset.Rdataset] = {
+            origin: dns.rrset.from_rdata_list(origin, 0, [key])}
+        try:
+            dns.dnssec.validate_rrsig(rrset, sig, keys, now=now)
+        except (dns.exception.DNSException, ValueError):
+            return False
+        return True
+
+    def ds_digest(self, zone: str, key: DNSKEY, digest_type: int) -> bytes | None:
+        """The digest a DS of `digest_type` would carry for `key`; computed once per key."""
+        memo = (key, digest_type)
+        if memo in self.ds_digests:
+            return self.ds_digests[memo]
+        if self.digests <= 0:
+            self.note_cut(f"stopped after {MAX_DS_DIGESTS} DS digest computations")
+            raise _OutOfBudget
+        self.digests -= 1
+        try:
+            # validating=True: dnspython's policy refuses to *create* SHA-1 DS, not to check one.
+            made: bytes | None = dns.dnssec.make_ds(zone, key, DSDigest(digest_type),
+                                                     validating=True).digest
+        except (dns.exception.UnsupportedAlgorithm, ValueError, dns.exception.DNSException):
+            made = None
+        self.ds_digests[memo] = made
+        return made
+
+
 # ---- small pure helpers over recorded rdata text -------------------------------------------
 
-def _rdatas(rrset: RRsetObs, rdtype: str, origin: dns.name.Name) -> list[dns.rdata.Rdata]:
+def _parse(texts: tuple[str, ...], rdtype: str, origin: dns.name.Name
+           ) -> tuple[list[dns.rdata.Rdata], bool]:
+    """The first MAX_RDATAS rdatas that parse, and whether any were left unread."""
     out = []
-    for text in rrset.rdatas:
+    for text in texts[:MAX_RDATAS]:
         try:
             out.append(dns.rdata.from_text(dns.rdataclass.IN, rdtype, text, origin=origin,
                                              relativize=False))
         except dns.exception.DNSException:
             continue
-    return out
+    return out, len(texts) > MAX_RDATAS
 
 
-def _sigs(rrset: RRsetObs) -> list[RRSIG]:
-    out: list[RRSIG] = []
-    for text in rrset.rrsigs:
-        try:
-            rd = dns.rdata.from_text(dns.rdataclass.IN, "RRSIG", text, origin=dns.name.root,
-                                     relativize=False)
-        except dns.exception.DNSException:
-            continue
-        if isinstance(rd, RRSIG):
-            out.append(rd)
-    return out
+def _sigs_bounded(rrset: RRsetObs) -> tuple[list[RRSIG], bool]:
+    parsed, truncated = _parse(rrset.rrsigs, "RRSIG", dns.name.root)
+    return [rd for rd in parsed if isinstance(rd, RRSIG)], truncated
 
 
-def dnskey_tags(obs: Observation | None, zone: str) -> tuple[int, ...]:
-    """Key tags of the zone's DNSKEY RRset in an observation (empty when absent)."""
+def _keyset(rrset: RRsetObs, origin: dns.name.Name, work: _Work) -> _KeySet:
+    ks = work.keysets.get(rrset)
+    if ks is None:
+        parsed, truncated = _parse(rrset.rdatas, "DNSKEY", origin)
+        ks = _KeySet.of((k for k in parsed if isinstance(k, DNSKEY)), truncated)
+        work.keysets[rrset] = ks
+    if ks.truncated:
+        work.note_cut(f"DNSKEY RRset of {len(rrset.rdatas)} keys: only the first {MAX_RDATAS} read")
+    return ks
+
+
+def _dnskey_tags(obs: Observation | None, zone: str, work: _Work) -> tuple[int, ...]:
     if obs is None or obs.outcome is not Outcome.REPLY:
         return ()
     origin = dns.name.from_text(zone)
-    tags = {
-        dns.dnssec.key_id(k)
-        for r in obs.rrsets("DNSKEY", zone)
-        for k in _rdatas(r, "DNSKEY", origin)
-        if isinstance(k, DNSKEY)
-    }
+    tags: set[int] = set()
+    for r in obs.rrsets("DNSKEY", zone)[:MAX_SIGNED_RRSETS]:
+        tags.update(_keyset(r, origin, work).tags)
     return tuple(sorted(tags))
+
+
+def dnskey_tags(obs: Observation | None, zone: str) -> tuple[int, ...]:
+    """Key tags of the zone's DNSKEY RRset in an observation (empty when absent; the first
+    MAX_RDATAS keys only)."""
+    return _dnskey_tags(obs, zone, _Work())
 
 
 _DENIAL_TYPES = frozenset({"NSEC", "NSEC3", "SOA"})
 
 
 def signed_rrsets(obs: Observation | None, qname: str, qtype: str) -> list[RRsetObs]:
-    """The RRsets whose signatures vouch for a reply: the data, or for NXDOMAIN/NODATA the
-    NSEC/NSEC3/SOA RRsets of the authority section (RFC 4035 §3.1.3)."""
+    """The RRsets whose signatures vouch for a reply: the data (or the CNAME the question's name
+    holds), or for NXDOMAIN/NODATA the NSEC/NSEC3/SOA RRsets of the authority section
+    (RFC 4035 §3.1.3)."""
     if obs is None or obs.outcome is not Outcome.REPLY:
         return []
     data = obs.rrsets(qtype, qname)
     if data:
         return data
+    if qtype != "CNAME":
+        # The zone signs the CNAME at the name; its target may live in another zone.
+        cname = obs.rrsets("CNAME", qname)
+        if cname:
+            return cname
     if obs.rcode in (0, 3):
         return [r for r in obs.authority if r.rdtype in _DENIAL_TYPES]
     return []
 
 
+def _signed_bounded(obs: Observation | None, qname: str, qtype: str,
+                    work: _Work) -> list[RRsetObs]:
+    rrsets = signed_rrsets(obs, qname, qtype)
+    if len(rrsets) > MAX_SIGNED_RRSETS:
+        work.note_cut(f"{len(rrsets)} signed RRsets in one answer: only the first "
+                      f"{MAX_SIGNED_RRSETS} checked")
+    return rrsets[:MAX_SIGNED_RRSETS]
+
+
+def _rrsig_tags(obs: Observation | None, qname: str, qtype: str, work: _Work) -> set[int]:
+    tags: set[int] = set()
+    for r in _signed_bounded(obs, qname, qtype, work):
+        sigs, truncated = _sigs_bounded(r)
+        if truncated:
+            work.note_cut(f"{r.name} {r.rdtype}: {len(r.rrsigs)} RRSIGs, only the first "
+                          f"{MAX_RDATAS} read")
+        tags.update(s.key_tag for s in sigs)
+    return tags
+
+
 def rrsig_tags(obs: Observation | None, qname: str, qtype: str) -> tuple[int, ...]:
-    return tuple(sorted({s.key_tag for r in signed_rrsets(obs, qname, qtype) for s in _sigs(r)}))
+    return tuple(sorted(_rrsig_tags(obs, qname, qtype, _Work())))
 
 
 def authoritative(obs: Observation | None) -> bool:
@@ -197,25 +330,41 @@ def _to_rrset(r: RRsetObs, origin: dns.name.Name) -> dns.rrset.RRset:
 
 @dataclass(frozen=True, slots=True)
 class _SourceCheck:
-    problems: tuple[str, ...]  # reason codes
+    problems: tuple[str, ...]  # reason codes, each from a check that ran to its end
     notes: tuple[str, ...]
+    limited: bool = False  # a check was cut short before it could conclude
+
+
+def _may_sign(key: DNSKEY, sig: RRSIG) -> bool:
+    """dnspython's own candidate filter (RFC 4034 §2.1.1-2, RFC 5011 §2.1), applied first so that
+    keys it would skip cost no budget."""
+    return (
+        key.flags & Flag.ZONE == Flag.ZONE and key.protocol == 3
+        and (key.flags & Flag.REVOKE == 0 or sig.type_covered == dns.rdatatype.DNSKEY)
+    )
 
 
 def _check_sigs(
-    rrset_obs: RRsetObs, keys: dict[dns.name.Name, dns.rrset.RRset], origin: dns.name.Name,
-    now: float, key_tags: set[int], what: str,
-) -> tuple[list[str], list[str], bool]:
-    """Return (problems, notes, any_valid) for the signatures over one RRset."""
+    rrset_obs: RRsetObs, keys: _KeySet, origin: dns.name.Name, now: float, what: str,
+    work: _Work,
+) -> tuple[list[str], list[str], bool, bool]:
+    """Return (problems, notes, any_valid, complete) for the signatures over one RRset; when no
+    signature verifies and `complete` is False, the problems are not a verdict."""
     problems: list[str] = []
     notes: list[str] = []
-    sigs = _sigs(rrset_obs)
-    if not sigs:
-        return ["rrsig-missing"], [f"{what} has no RRSIG"], False
+    if not rrset_obs.rrsigs:
+        return ["rrsig-missing"], [f"{what} has no RRSIG"], False, True
+    sigs, truncated = _sigs_bounded(rrset_obs)
+    complete = not truncated
+    if truncated:
+        work.note_cut(f"{what}: {len(rrset_obs.rrsigs)} RRSIGs, only the first {MAX_RDATAS} read")
+    rkey: RRsetKey = (rrset_obs.name.lower(), rrset_obs.rdtype, rrset_obs.rdatas)
+    rrset: dns.rrset.RRset | None = None
     try:
-        rrset = _to_rrset(rrset_obs, origin)
+        covered = dns.rdatatype.from_text(rrset_obs.rdtype)
     except dns.exception.DNSException:
-        return ["signature-invalid"], [f"{what} rdata could not be rebuilt"], False
-    valid = False
+        return ["signature-invalid"], [f"{what} rdata could not be rebuilt"], False, True
+    tried = 0
     for sig in sigs:
         if sig.expiration < now:
             problems.append("rrsig-expired")
@@ -225,17 +374,53 @@ def _check_sigs(
             problems.append("rrsig-not-yet-valid")
             notes.append(f"{what} RRSIG by key {sig.key_tag} valid only in {_ago(sig.inception - now)}")
             continue
-        if sig.key_tag not in key_tags:
+        if sig.key_tag not in keys.tags:
             problems.append("rrsig-unknown-key")
             notes.append(f"{what} RRSIG by key {sig.key_tag}, which the DNSKEY set lacks")
             continue
-        try:
-            dns.dnssec.validate_rrsig(rrset, sig, keys, now=now)  # type: ignore[arg-type]
-            valid = True
-        except (dns.exception.ValidationFailure, dns.exception.UnsupportedAlgorithm):
+        candidates = [k for k in keys.by_tag.get((sig.key_tag, int(sig.algorithm)), ())
+                      if _may_sign(k, sig)]
+        if sig.signer != origin or sig.type_covered != covered or not candidates:
             problems.append("signature-invalid")
             notes.append(f"{what} RRSIG by key {sig.key_tag} does not verify")
-    return problems, notes, valid
+            continue
+        if tried >= MAX_SIGS_PER_RRSET:
+            work.note_cut(f"{what}: only {MAX_SIGS_PER_RRSET} signatures tried")
+            return problems, notes, False, False
+        tried += 1
+        if len(candidates) > MAX_KEYS_PER_SIG:
+            work.note_cut(f"{what}: {len(candidates)} keys share tag {sig.key_tag}; only "
+                          f"{MAX_KEYS_PER_SIG} tried per signature")
+            candidates = candidates[:MAX_KEYS_PER_SIG]
+            complete = False
+        valid = False
+        for key in candidates:
+            memo = (rkey, sig, key)
+            ok = work.verified.get(memo)
+            if ok is None:
+                if rrset is None:
+                    if len(rrset_obs.rdatas) > MAX_SIGNED_RDATAS:
+                        work.note_cut(f"{what}: {len(rrset_obs.rdatas)} records, more than "
+                                      f"{MAX_SIGNED_RDATAS} to verify")
+                        return problems, notes, False, False
+                    try:
+                        rrset = _to_rrset(rrset_obs, origin)
+                    except dns.exception.DNSException:
+                        return (["signature-invalid"], [f"{what} rdata could not be rebuilt"],
+                                False, True)
+                try:
+                    ok = work.verify(rrset, sig, key, origin, now)
+                except _OutOfBudget:
+                    return problems, notes, False, False
+                work.verified[memo] = ok
+            if ok:
+                valid = True
+                break
+        if valid:
+            return [], [], True, True
+        problems.append("signature-invalid")
+        notes.append(f"{what} RRSIG by key {sig.key_tag} does not verify")
+    return problems, notes, False, complete
 
 
 def _ago(seconds: float) -> str:
@@ -247,13 +432,29 @@ def _ago(seconds: float) -> str:
     return f"{s} s"
 
 
+def _match_ds(zone: str, keys: _KeySet, ds_list: list[DS], work: _Work
+              ) -> tuple[list[DNSKEY], bool]:
+    """Keys some DS points at, through the tag index (a digest only for a (tag, algorithm)
+    match, once per key and digest type); False when the digest budget ran out."""
+    matched: dict[DNSKEY, None] = {}
+    try:
+        for ds in ds_list:
+            for key in keys.by_tag.get((ds.key_tag, int(ds.algorithm)), ()):
+                if work.ds_digest(zone, key, int(ds.digest_type)) == ds.digest:
+                    matched[key] = None
+    except _OutOfBudget:
+        return list(matched), False
+    return list(matched), True
+
+
 def check_source(ev: AuthEvidence, ds_obs: Observation | None, zone: str, qname: str,
-                 qtype: str, now: float) -> _SourceCheck | None:
+                 qtype: str, now: float, work: _Work | None = None) -> _SourceCheck | None:
     """Can the authoritative data validate on its own? None when the server gave no usable data
     (no reply, or not authoritative: one lame server must not make a zone look broken)."""
     if not authoritative(ev.dnskey):
         return None
     assert ev.dnskey is not None
+    work = _Work() if work is None else work
     origin = dns.name.from_text(zone)
     key_sets = ev.dnskey.rrsets("DNSKEY", zone)
     ds_sets = ds_obs.rrsets("DS", zone) if ds_obs and ds_obs.outcome is Outcome.REPLY else []
@@ -262,44 +463,60 @@ def check_source(ev: AuthEvidence, ds_obs: Observation | None, zone: str, qname:
             return _SourceCheck(("dnskey-missing",), ("the parent has a DS but the zone serves no DNSKEY",))
         return _SourceCheck((), ("unsigned: no DNSKEY at the source and no DS in the parent",))
     key_obs = key_sets[0]
-    keys = [k for k in _rdatas(key_obs, "DNSKEY", origin) if isinstance(k, DNSKEY)]
-    tags = {dns.dnssec.key_id(k) for k in keys}
+    keys = _keyset(key_obs, origin, work)
     problems: list[str] = []
     notes: list[str] = []
+    limited = False
 
     # DS -> DNSKEY: at least one DS in the parent must match a key here (RFC 4035 §5.2).
-    ds_keys = keys
-    ds_list = [d for d in _rdatas(ds_sets[0], "DS", origin) if isinstance(d, DS)] if ds_sets else []
+    sep = keys
+    sep_complete = not keys.truncated
+    ds_parsed, ds_truncated = _parse(ds_sets[0].rdatas, "DS", origin) if ds_sets else ([], False)
+    if ds_truncated:
+        work.note_cut(f"DS RRset of {len(ds_sets[0].rdatas)} records: only the first "
+                      f"{MAX_RDATAS} read")
     # A DS set with no digest or algorithm we (or any validator) support makes the zone insecure
     # rather than bogus (RFC 4035 §5.2, RFC 6840 §5.2): then there is nothing to check here.
-    ds_list = [d for d in ds_list if _ds_supported(d)]
+    ds_list = [d for d in ds_parsed if isinstance(d, DS) and _ds_supported(d)]
     if ds_list:
-        ds_keys = [k for k in keys if any(_ds_matches(zone, k, d) for d in ds_list)]
-        if not ds_keys:
-            problems.append("ds-no-matching-key")
-            notes.append(
-                f"DS key tags {sorted({d.key_tag for d in ds_list})} match no DNSKEY {sorted(tags)}"
-            )
+        matched, digests_done = _match_ds(zone, keys, ds_list, work)
+        sep = _KeySet.of(matched)
+        sep_complete = digests_done and not ds_truncated and not keys.truncated
+        if not matched:
+            if sep_complete:
+                problems.append("ds-no-matching-key")
+                notes.append(f"DS key tags {sorted({d.key_tag for d in ds_list})} match no "
+                             f"DNSKEY {sorted(keys.tags)}")
+            else:
+                limited = True
+                notes.append("DS x DNSKEY matching cut short before a match was found")
+    elif ds_truncated:
+        sep_complete = False
 
     # The DNSKEY RRset must be signed by a key the DS points at.
-    if ds_keys:
-        sep = {origin: dns.rrset.from_rdata_list(origin, key_obs.ttl, ds_keys)}
-        sep_tags = {dns.dnssec.key_id(k) for k in ds_keys}
-        p, n, ok = _check_sigs(key_obs, sep, origin, now, sep_tags, "DNSKEY")
+    if sep.keys:
+        p, n, ok, complete = _check_sigs(key_obs, sep, origin, now, "DNSKEY", work)
         if not ok:
-            problems.extend(p or ["dnskey-rrsig-invalid"])
-            notes.extend(n or ["DNSKEY RRset is not signed by a key the DS points at"])
+            if complete and sep_complete:
+                problems.extend(p or ["dnskey-rrsig-invalid"])
+                notes.extend(n or ["DNSKEY RRset is not signed by a key the DS points at"])
+            else:
+                limited = True
+                notes.append("DNSKEY RRset: no signature verified before the budget ran out")
 
     # The probed record (or the proof that it does not exist) must be signed by a zone key.
-    if authoritative(ev.answer) and keys:
-        all_keys = {origin: dns.rrset.from_rdata_list(origin, key_obs.ttl, keys)}
-        for rrset in signed_rrsets(ev.answer, qname, qtype):
+    if authoritative(ev.answer) and keys.keys:
+        for rrset in _signed_bounded(ev.answer, qname, qtype, work):
             what = f"{rrset.name} {rrset.rdtype}"
-            p, n, ok = _check_sigs(rrset, all_keys, origin, now, tags, what)
+            p, n, ok, complete = _check_sigs(rrset, keys, origin, now, what, work)
             if not ok:
-                problems.extend(p)
-                notes.extend(n)
-    return _SourceCheck(tuple(dict.fromkeys(problems)), tuple(notes))
+                if complete and not keys.truncated:
+                    problems.extend(p)
+                    notes.extend(n)
+                else:
+                    limited = True
+                    notes.append(f"{what}: no signature verified before the budget ran out")
+    return _SourceCheck(tuple(dict.fromkeys(problems)), tuple(notes), limited)
 
 
 _DS_DIGESTS = frozenset({1, 2, 4})  # SHA-1, SHA-256, SHA-384 (RFC 8624 §3.3: validate all)
@@ -310,47 +527,41 @@ def _ds_supported(ds: DS) -> bool:
     return int(ds.digest_type) in _DS_DIGESTS and int(ds.algorithm) in _ALGORITHMS
 
 
-def _ds_matches(zone: str, key: DNSKEY, ds: DS) -> bool:
-    if dns.dnssec.key_id(key) != ds.key_tag or int(key.algorithm) != int(ds.algorithm):
-        return False
-    try:
-        # validating=True: dnspython's policy refuses to *create* SHA-1 DS, not to check one.
-        made = dns.dnssec.make_ds(zone, key, ds.digest_type, validating=True)
-        return made.digest == ds.digest
-    except (dns.exception.UnsupportedAlgorithm, ValueError, dns.exception.DNSException):
-        return False
-
-
 def format_tags(ts: Iterable[int]) -> str:
     """Key tags for people: sorted, comma-separated, "none" when empty."""
     return ", ".join(str(t) for t in sorted(ts)) or "none"
 
 
 def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
-    """Classify the cause of a failure from follow-up evidence; `now` is wall-clock seconds."""
+    """Classify the cause of a failure from follow-up evidence; `now` is wall-clock seconds.
+    The work is bounded (see MAX_*): hostile evidence ends in `validation-budget-exceeded`."""
     zone, qname, qtype = ev.zone, ev.qname, ev.qtype
-    cached_tags = dnskey_tags(ev.cached_dnskey, zone)
+    work = _Work()
+    cached_tags = _dnskey_tags(ev.cached_dnskey, zone, work)
     cached_ttl = _dnskey_ttl(ev.cached_dnskey, zone)
     auth_dnskey: set[int] = set()
     auth_sig: set[int] = set()
     bad_sources: list[tuple[str, _SourceCheck]] = []
+    limited_sources: list[tuple[str, _SourceCheck]] = []
     unsigned: list[str] = []
     good_sources = 0
     for a in ev.auth:
         if authoritative(a.dnskey):
-            auth_dnskey.update(dnskey_tags(a.dnskey, zone))
+            auth_dnskey.update(_dnskey_tags(a.dnskey, zone, work))
         if authoritative(a.answer):
-            auth_sig.update(rrsig_tags(a.answer, qname, qtype))
-        chk = check_source(a, ev.cached_ds, zone, qname, qtype, now)
+            auth_sig.update(_rrsig_tags(a.answer, qname, qtype, work))
+        chk = check_source(a, ev.cached_ds, zone, qname, qtype, now, work)
         if chk is None:
             continue
         if chk.problems:
             bad_sources.append((a.address, chk))
+        elif chk.limited:
+            limited_sources.append((a.address, chk))
         elif chk.notes:  # answered, but the zone is unsigned: nothing there to validate
             unsigned.append(a.address)
         else:
             good_sources += 1
-    sig_tags = auth_sig or set(rrsig_tags(ev.cd_answer, qname, qtype))
+    sig_tags = auth_sig or _rrsig_tags(ev.cd_answer, qname, qtype, work)
 
     def make(kind: DiagnosisKind, reasons: Iterable[str], detail: str,
              recovers_in: int | None = None, recovers_at: float | None = None) -> Diagnosis:
@@ -358,10 +569,21 @@ def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
                          cached_tags, tuple(sorted(auth_dnskey)), cached_ttl, recovers_in,
                          recovers_at, detail)
 
+    def cut_short() -> str:
+        return ("validation work bounded against KeyTrap-style data (CVE-2023-50387): "
+                + "; ".join(work.cut))
+
     if bad_sources:
         reasons = [r for _, c in bad_sources for r in c.problems]
         where = "; ".join(f"{addr}: {'; '.join(c.notes)}" for addr, c in bad_sources)
+        if work.cut:
+            reasons.append(BUDGET_REASON)
+            where += f"; {cut_short()}"
         return make(DiagnosisKind.BOGUS_AT_SOURCE, reasons, where)
+
+    if limited_sources and good_sources == 0:
+        where = "; ".join(f"{addr}: {'; '.join(c.notes)}" for addr, c in limited_sources)
+        return make(DiagnosisKind.UNKNOWN, [BUDGET_REASON], f"{cut_short()}; {where}")
 
     if unsigned and good_sources == 0:
         return make(DiagnosisKind.UNKNOWN, ["zone-unsigned"],
@@ -380,6 +602,10 @@ def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
         return make(DiagnosisKind.UNKNOWN, ["cache-hidden"],
                     "the authoritative data validates, but the resolver would not show "
                     "its cached DNSKEY set")
+
+    if work.cut:
+        # Key tags or sources not fully read: a stale cache cannot be told from the rest.
+        return make(DiagnosisKind.UNKNOWN, [BUDGET_REASON], cut_short())
 
     missing = sig_tags - set(cached_tags)
     # Stale only if no signing key is cached: with a double signature (RFC 6781 §4.1.1.2) one

@@ -1,8 +1,10 @@
 """Follow-up questions for a failed check: what the resolver caches, what the source serves.
 
-Only I/O lives here; probe.diagnose decides. Authoritative evidence and server discovery are
-shared by every resolver within one sweep, so a broken zone costs its servers a few queries,
-not a few per resolver.
+Only I/O lives here (and the address filter, a pure function); probe.diagnose decides.
+Authoritative evidence and server discovery are shared by every resolver within one sweep, so
+a broken zone costs its servers a few queries, not a few per resolver. A zone's servers are
+found independently of the resolver that failed: the NS names and addresses two other
+resolvers agree on. The fan-out a reply can cause is bounded per zone and per sweep.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from probe.diagnose import AuthEvidence, Evidence
@@ -22,6 +25,15 @@ from probe.zones import ProbeName, ZoneSpec
 K = TypeVar("K")
 T = TypeVar("T")
 
+# Bounds on what one NS reply can make the probe send (a reply may name 2,000 servers).
+MAX_NS_NAMES = 8  # NS names of a zone whose addresses are looked up (sorted, the first ones)
+MAX_NS_RESOLVERS = 4  # resolvers asked for a zone's NS set
+MAX_ZONE_LOOKUPS = 32  # A/AAAA lookups per zone: 8 names x 2 types x 2 resolvers
+MAX_SWEEP_LOOKUPS = 200  # A/AAAA lookups per sweep, all zones (lookups are shared by zones)
+
+SOURCE_ZONES_FILE = "zones-file"
+SOURCE_DISCOVERED = "discovered"  # Evidence.auth_resolvers names the resolvers that agreed
+
 
 def _once(cache: dict[K, asyncio.Task[T]], key: K,
           start: Callable[[], Coroutine[Any, Any, T]]) -> asyncio.Task[T]:
@@ -32,13 +44,113 @@ def _once(cache: dict[K, asyncio.Task[T]], key: K,
     return task
 
 
+# -- which learnt addresses may be asked --------------------------------------------------------
+
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated, RFC 4291 §2.5.5.1
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 §2.1
+_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: a local network's own
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """IPv4 addresses an IPv6 address stands for: IPv4-mapped, IPv4-compatible, NAT64
+    well-known prefix, 6to4 (bits 16-48) and Teredo (server and de-obfuscated client)."""
+    if ip.ipv4_mapped is not None:
+        return (ip.ipv4_mapped,)
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in _IPV4_COMPATIBLE and int(ip) > 1:  # :: and ::1 are not IPv4-compatible forms
+        return (low32,)
+    if ip in _NAT64_WELL_KNOWN:
+        return (low32,)
+    if ip.sixtofour is not None:
+        return (ip.sixtofour,)
+    if ip.teredo is not None:
+        return ip.teredo
+    return ()
+
+
+def _ipv4_may_ask(ip: ipaddress.IPv4Address, allow_local: bool) -> bool:
+    # Never: multicast, broadcast and 240/4, "this network", link-local (cloud metadata).
+    if (ip.is_multicast or ip.is_unspecified or ip.is_reserved or ip.is_link_local
+            or ip in _THIS_NETWORK):
+        return False
+    return ip.is_global or allow_local
+
+
+def may_ask(address: str, *, allow_local: bool) -> bool:
+    """May the probe send to `address`, learnt from a DNS answer? Only public addresses (a
+    resolver's answer must not point this host at its own network), judged through any IPv4
+    address embedded in an IPv6 form; with `allow_local` (labs) loopback and private too."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv4Address):
+        return _ipv4_may_ask(ip, allow_local)
+    if (ip.scope_id or ip.is_multicast or ip.is_unspecified or ip.is_link_local
+            or ip.is_site_local):
+        return False
+    if ip in _NAT64_LOCAL_USE:  # translates to whatever the local network decides
+        return allow_local
+    v4 = embedded_ipv4(ip)
+    if v4:
+        return all(_ipv4_may_ask(a, allow_local) for a in v4)
+    return ip.is_global or allow_local
+
+
+# -- bounded discovery ---------------------------------------------------------------------
+
+class FollowUpBudget:
+    """A/AAAA lookups for server discovery that one sweep may still send, all zones together."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int = MAX_SWEEP_LOOKUPS) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self) -> bool:
+        if self.used >= self.limit:
+            return False
+        self.used += 1
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """A zone's authoritative servers, where the list came from, and what limited it."""
+
+    servers: tuple[tuple[str, int], ...]
+    source: str
+    notes: tuple[str, ...] = ()
+    resolvers: tuple[str, ...] = ()  # whose NS and address answers agreed (one: no second)
+
+
+def _ns_names(obs: Observation, zone: str) -> frozenset[str]:
+    return frozenset(rd.lower() for rr in obs.rrsets("NS", zone) for rd in rr.rdatas)
+
+
+def _addresses(obs: Observation) -> set[str]:
+    out: set[str] = set()
+    for rr in obs.rrsets(obs.qtype, obs.qname):
+        for rd in rr.rdatas:
+            try:
+                out.add(str(ipaddress.ip_address(rd)))  # canonical text, to compare
+            except ValueError:
+                continue
+    return out
+
+
 class Investigator:
     """Collects Evidence for failed checks within one sweep."""
 
     def __init__(self, querier: Querier, resolvers: Sequence[ResolverSpec],
                  templates: TemplateCache, *,
                  throttles: Mapping[str, Throttle | None] | None = None,
-                 max_auth_servers: int = 3, allow_local_auth: bool = False) -> None:
+                 max_auth_servers: int = 3, allow_local_auth: bool = False,
+                 budget: FollowUpBudget | None = None, max_ns_names: int = MAX_NS_NAMES,
+                 max_ns_resolvers: int = MAX_NS_RESOLVERS,
+                 max_zone_lookups: int = MAX_ZONE_LOOKUPS) -> None:
         self.q = querier
         self.resolvers = list(resolvers)
         # Follow-ups to a resolver share its lane's rate limit, whichever lane asks.
@@ -46,7 +158,12 @@ class Investigator:
         self.max_auth_servers = max_auth_servers
         self.allow_local_auth = allow_local_auth
         self.templates = templates
-        self._servers: dict[str, asyncio.Task[tuple[tuple[tuple[str, int], ...], str]]] = {}
+        self.budget = budget or FollowUpBudget()
+        self.max_ns_names = max_ns_names
+        self.max_ns_resolvers = max_ns_resolvers
+        self.max_zone_lookups = max_zone_lookups
+        self._servers: dict[str, asyncio.Task[Discovery]] = {}
+        self._lookups: dict[tuple[str, str, str], asyncio.Task[Observation]] = {}
         self._auth: dict[tuple[str, str, str], asyncio.Task[tuple[AuthEvidence, ...]]] = {}
         self._source_queries: dict[tuple[str, int, str, str], asyncio.Task[Observation]] = {}
 
@@ -62,56 +179,121 @@ class Investigator:
             self._ask(resolver, zone.name, "DNSKEY"),
             self._ask(resolver, zone.name, "DS"),
         )
-        servers, source = await _once(self._servers, zone.name,
-                                      lambda: self._discover(zone, resolver))
-        notes: list[str] = []
+        found = await _once(self._servers, zone.name, lambda: self._discover(zone, resolver))
+        notes = list(found.notes)
         auth: tuple[AuthEvidence, ...] = ()
-        if servers:
+        if found.servers:
             auth = await _once(self._auth, (zone.name, probe.qname, probe.qtype),
-                               lambda: self._ask_sources(zone, probe, servers))
+                               lambda: self._ask_sources(zone, probe, found.servers))
             if not any(a.dnskey and a.dnskey.outcome is Outcome.REPLY for a in auth):
                 notes.append("no authoritative server answered")
         else:
             notes.append(f"no authoritative servers found for {zone.name}")
         return Evidence(zone.name, probe.qname, probe.qtype, cd_answer, cached_dnskey,
-                        cached_ds, auth, source if servers else "none", tuple(notes))
+                        cached_ds, auth, found.source if found.servers else "none",
+                        tuple(notes), found.resolvers if found.servers else ())
 
     # -- authoritative servers -------------------------------------------------------------
 
-    async def _discover(self, zone: ZoneSpec, first: ResolverSpec
-                        ) -> tuple[tuple[tuple[str, int], ...], str]:
+    async def _discover(self, zone: ZoneSpec, first: ResolverSpec) -> Discovery:
+        """One discovery per zone and sweep, whichever resolver failed first: the servers
+        that judge every resolver must not come from one resolver alone."""
         if zone.ns:
-            return zone.ns, "zones-file"
-        # The failing resolver first; others in case it refuses even CD=1 answers (PowerDNS).
-        order = [first, *[r for r in self.resolvers if r != first][:2]]
-        for r in order:
-            ns_obs = await self._ask(r, zone.name, "NS")
-            names = sorted({rd for rr in ns_obs.rrsets("NS", zone.name) for rd in rr.rdatas})
-            if not names:
+            return Discovery(zone.ns, SOURCE_ZONES_FILE)
+        notes: list[str] = []
+        # The resolver that failed first goes last; PowerDNS refuses even CD=1 answers for a
+        # zone it finds bogus, so a resolver that gives no NS set is passed over.
+        order = [*(r for r in self.resolvers if r != first), first][: self.max_ns_resolvers]
+        voters = await self._ns_votes(zone, order)
+        if not voters:
+            return Discovery((), "none", (f"no resolver gave an NS set for {zone.name}",))
+        if len(voters) == 1:
+            only, names = voters[0]
+            notes.append(f"only {only.name} gave an NS set for {zone.name}: the server list "
+                         "is not confirmed by a second resolver")
+        else:
+            pair = _agreeing_pair(voters)
+            if pair is None:
+                who = ", ".join(r.name for r, _ in voters)
+                return Discovery((), "none", (f"resolvers {who} disagree on the NS set of "
+                                              f"{zone.name}: no name in common",))
+            (_, names_a), (_, names_b) = pair
+            voters, names = list(pair), names_a & names_b
+        chosen = sorted(names)[: self.max_ns_names]
+        if len(names) > len(chosen):
+            notes.append(f"NS set of {zone.name} has {len(names)} names: looked up the first "
+                         f"{len(chosen)} (sorted)")
+        servers = await self._agreed_addresses(chosen, [r for r, _ in voters], notes)
+        if not servers:
+            notes.append(f"no usable address agreed for the name servers of {zone.name}")
+        return Discovery(servers, SOURCE_DISCOVERED, tuple(notes),
+                         tuple(sorted(r.name for r, _ in voters)))
+
+    async def _ns_votes(self, zone: ZoneSpec, order: list[ResolverSpec]
+                        ) -> list[tuple[ResolverSpec, frozenset[str]]]:
+        """NS sets from the resolvers in `order`: two at once, then one more at a time until
+        two of them share a name or none is left."""
+        voters: list[tuple[ResolverSpec, frozenset[str]]] = []
+        i = 0
+        while i < len(order):
+            batch = order[i: i + (2 if not voters else 1)]
+            i += len(batch)
+            answers = await asyncio.gather(*(self._ask(r, zone.name, "NS") for r in batch))
+            for r, obs in zip(batch, answers, strict=True):
+                names = _ns_names(obs, zone.name)
+                if names:
+                    voters.append((r, names))
+            if _agreeing_pair(voters) is not None:
+                break
+        return voters
+
+    def _lookup(self, r: ResolverSpec, name: str, rtype: str) -> asyncio.Task[Observation] | None:
+        """A shared A/AAAA lookup (name servers often serve many zones), None if over budget."""
+        key = (r.name, name, rtype)
+        task = self._lookups.get(key)
+        if task is None:
+            if not self.budget.take():
+                return None
+            task = self._lookups[key] = asyncio.ensure_future(self._ask(r, name, rtype))
+        return task
+
+    async def _agreed_addresses(self, names: list[str], voters: list[ResolverSpec],
+                                notes: list[str]) -> tuple[tuple[str, int], ...]:
+        """Addresses of `names` that every voter gives (for the same name), public only."""
+        wanted = [(name, rtype, r) for name in names for rtype in ("A", "AAAA") for r in voters]
+        # Name by name, so a cut-off budget still leaves whole votes for the first names.
+        tasks: list[tuple[str, ResolverSpec, asyncio.Task[Observation]]] = []
+        zone_cap = skipped = 0
+        for name, rtype, r in wanted:
+            if len(tasks) >= self.max_zone_lookups:
+                zone_cap += 1
                 continue
-            lookups = await asyncio.gather(*(
-                self._ask(r, name, rtype) for name in names for rtype in ("A", "AAAA")
-            ))
-            addrs: list[tuple[str, int]] = []
-            for obs in lookups:
-                for rr in obs.rrsets(obs.qtype, obs.qname):
-                    addrs.extend((a, 53) for a in rr.rdatas if self._may_ask(a))
-            if addrs:
-                # IPv4 first: more hosts have it; unreachable IPv6 servers are simply skipped.
-                addrs.sort(key=lambda a: ":" in a[0])
-                return tuple(dict.fromkeys(addrs)), "discovered"
-        return (), "none"
+            task = self._lookup(r, name, rtype)
+            if task is None:
+                skipped += 1
+                continue
+            tasks.append((name, r, task))
+        if zone_cap:
+            notes.append(f"per-zone limit of {self.max_zone_lookups} address lookups reached: "
+                         f"{zone_cap} not sent")
+        if skipped:
+            notes.append(f"per-sweep limit of {self.budget.limit} address lookups reached: "
+                         f"{skipped} not sent")
+        results = await asyncio.gather(*(t for _, _, t in tasks))
+        given: dict[tuple[str, str], set[str]] = {}
+        for (name, r, _), obs in zip(tasks, results, strict=True):
+            given.setdefault((name, r.name), set()).update(_addresses(obs))
+        addrs: list[str] = []
+        for name in names:
+            votes = [given.get((name, r.name), set()) for r in voters]
+            agreed = set.intersection(*votes) if votes else set()
+            addrs.extend(sorted(a for a in agreed if self._may_ask(a)))
+        # IPv4 first: more hosts have it; unreachable IPv6 servers are simply skipped.
+        addrs.sort(key=lambda a: ":" in a)
+        return tuple((a, 53) for a in dict.fromkeys(addrs))
 
     def _may_ask(self, address: str) -> bool:
-        """Addresses learnt from DNS answers are only asked when public (a resolver's answer
-        must not point this host at its own network), unless the operator allows it (labs)."""
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if ip.is_multicast or ip.is_unspecified:
-            return False
-        return ip.is_global or self.allow_local_auth
+        return may_ask(address, allow_local=self.allow_local_auth)
 
     async def _ask_sources(self, zone: ZoneSpec, probe: ProbeName,
                            servers: tuple[tuple[str, int], ...]) -> tuple[AuthEvidence, ...]:
@@ -141,3 +323,13 @@ class Investigator:
         ))
         return tuple(a for a in asked if a is not None)[: self.max_auth_servers]
 
+
+def _agreeing_pair(voters: Sequence[tuple[ResolverSpec, frozenset[str]]]
+                   ) -> tuple[tuple[ResolverSpec, frozenset[str]],
+                              tuple[ResolverSpec, frozenset[str]]] | None:
+    """The first two voters (in asking order) whose NS sets share a name."""
+    for i, a in enumerate(voters):
+        for b in voters[i + 1:]:
+            if a[1] & b[1]:
+                return a, b
+    return None

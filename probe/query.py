@@ -12,6 +12,8 @@ from probe.observation import Observation, Outcome
 from probe.transport import RawReply, Transport
 from probe.wire import MalformedWire, QueryTemplate, parse_reply, plainly_secure
 
+_SERVFAIL = 2
+
 
 class Throttle(Protocol):
     async def acquire(self) -> None: ...
@@ -118,7 +120,7 @@ class Querier:
                  attempts: int, raw: RawReply, triage: bool) -> Observation:
         data = raw.data
         rtt_ms = raw.rtt * 1000.0
-        if triage and plainly_secure(data):
+        if triage and plainly_secure(data, tmpl):  # the transport matched the question
             return Observation(
                 server_name, host, port, tmpl.qname, tmpl.qtype, tmpl.rd, tmpl.cd, started,
                 Outcome.REPLY, raw.transport, attempts, rtt_ms, 0, (data[2] << 8) | data[3],
@@ -131,6 +133,13 @@ class Querier:
                 server_name, host, port, tmpl.qname, tmpl.qtype, tmpl.rd, tmpl.cd, started,
                 Outcome.MALFORMED, raw.transport, attempts, rtt_ms,
                 detail=exc.__class__.__name__,
+            )
+        if p.options_malformed and p.rcode != _SERVFAIL:
+            # Lenient option decoding exists to read the EDE of a SERVFAIL; it must never let
+            # a reply that dnspython rejects count as an answer (secure, insecure, CD=1 data).
+            return Observation(
+                server_name, host, port, tmpl.qname, tmpl.qtype, tmpl.rd, tmpl.cd, started,
+                Outcome.MALFORMED, raw.transport, attempts, rtt_ms, detail="MalformedOptions",
             )
         return Observation(
             server_name, host, port, tmpl.qname, tmpl.qtype, tmpl.rd, tmpl.cd, started,

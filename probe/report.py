@@ -31,6 +31,27 @@ _STYLE = {
 }
 
 
+def visible(text: str) -> str:
+    """Untrusted text for a terminal: control, format and separator characters (ESC, CR, U+2028,
+    bidi overrides) written as escapes, so a reply or a file cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    if n < 0x100:
+        return f"\\x{n:02x}"
+    return f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def plain(text: str, style: str = "") -> Text:
+    """Text for rich from a reply, a file or a flag: never parsed as markup, never raw control
+    characters. Every such string enters rich through here."""
+    return Text(visible(text), style=style)
+
+
 def exit_status(results: Sequence[CheckResult]) -> int:
     """Monitoring-plugin convention: 0 OK, 1 warning, 2 critical, 3 nothing could be checked."""
     sev = {r.severity for r in results}
@@ -84,11 +105,11 @@ def summary(results: Sequence[CheckResult]) -> str:
     resolvers = {r.resolver.name for r in results}
     parts = [f"{counts[v]} {v.value}" for v in Verdict if counts[v]]
     line = f"{len(results)} checks ({len(zones)} zones x {len(resolvers)} resolvers): " + ", ".join(parts)
-    unreachable = {r.resolver.name for r in results
+    unreachable = {visible(r.resolver.name) for r in results
                    if r.classification.verdict is Verdict.UNREACHABLE}
     if unreachable:
-        v6 = {r.resolver.name for r in results if r.classification.verdict is Verdict.UNREACHABLE
-              and r.resolver.family == 6}
+        v6 = {visible(r.resolver.name) for r in results
+              if r.classification.verdict is Verdict.UNREACHABLE and r.resolver.family == 6}
         line += (f"\nunreachable from this host (not a zone failure): {', '.join(sorted(unreachable))}"
                  + (" — this host seems to have no IPv6 route" if v6 == unreachable else ""))
     kinds = Counter(r.diagnosis.kind.value for r in results if r.diagnosis)
@@ -108,19 +129,20 @@ def render_table(results: Sequence[CheckResult], console: Console) -> None:
         rcode = r.rcode_text or "-"
         ede = ",".join(str(e.code) for e in o.ede) or "-"
         zone = r.zone.name.rstrip(".")
+        # Names, labels and details come from replies and input files: plain Text, no markup.
         table.add_row(
-            f"{zone} ({r.zone.label})" if r.zone.label else zone,
-            r.resolver.name,
-            r.resolver.address,
+            plain(f"{zone} ({r.zone.label})" if r.zone.label else zone),
+            plain(r.resolver.name),
+            plain(r.resolver.address),
             Text(verdict.value, style=_STYLE[verdict]),
-            rcode,
+            plain(rcode),
             ("1" if o.ad else "0") if o.outcome is Outcome.REPLY else "-",
-            ede,
+            plain(ede),
             f"{o.rtt_ms:.1f}" if o.rtt_ms is not None else "-",
-            explain(r),
+            plain(explain(r)),
         )
     console.print(table)
-    console.print(summary(results))
+    console.print(Text(summary(results)))
 
 
 def to_json(results: Sequence[CheckResult], *, raw: bool = False,

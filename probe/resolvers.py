@@ -69,11 +69,29 @@ def parse_hostport(text: str, *, default_port: int = 53) -> tuple[str, int]:
         port = _port(p)
     else:
         host = text  # IPv4, or bare IPv6 without port
+        if _ambiguous_v6(host):
+            before, _, after = host.rpartition(":")
+            raise ValueError(
+                f"{host!r} is ambiguous: write [{before}]:{after} for port {after}, "
+                f"or [{host}] for that address on port {default_port}")
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{host!r} is not an IP address") from None
     return str(addr), port
+
+
+def _ambiguous_v6(text: str) -> bool:
+    """An unbracketed IPv6 address that also reads as IPv6:PORT (`::1:5300`): refuse to guess."""
+    before, sep, after = text.rpartition(":")
+    if not sep or not after.isdecimal() or not before:
+        return False
+    try:
+        ipaddress.IPv6Address(before)
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _port(text: str) -> int:
@@ -112,13 +130,37 @@ def parse_resolver_lines(lines: Iterable[str], *, path: str) -> list[ResolverSpe
     return out
 
 
+def read_lines(path: Path, what: str) -> list[str]:
+    """A text input file as lines numbered as editors and `grep -n` do: split on LF only (not
+    on form feed, U+2028 or the other separators `splitlines` knows), CR of CRLF dropped.
+    Invalid UTF-8 is a ConfigError naming the line of the first bad byte."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} ({exc.strerror})", path=str(path)) from None
+    return split_lines(decode_utf8(data, str(path), what))
+
+
+def decode_utf8(data: bytes, path: str, what: str) -> str:
+    """UTF-8 (a leading BOM dropped); a bad byte is reported with its line and column."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            f"{what} is not UTF-8 text: byte 0x{data[exc.start]:02x} at column {column} "
+            "cannot be decoded", path=path, line=line) from None
+    return text.removeprefix("\ufeff")
+
+
+def split_lines(text: str) -> list[str]:
+    return [ln.removesuffix("\r") for ln in text.split("\n")]
+
+
 def load_resolvers(path: str | Path) -> list[ResolverSpec]:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read resolver file ({exc.strerror})", path=str(p)) from None
-    out = parse_resolver_lines(text.splitlines(), path=str(p))
+    out = parse_resolver_lines(read_lines(p, "resolver file"), path=str(p))
     if not out:
         raise ConfigError("no resolvers in file", path=str(p))
     return out

@@ -1,7 +1,7 @@
-"""Transport: one long-lived connected UDP socket per server, queries multiplexed by ID; TCP on TC=1.
+"""Transport: a rotating pool of connected UDP sockets per server, queries multiplexed by ID; TCP on TC=1.
 
 This is the only module that touches sockets; OS and asyncio errors are translated here, once,
-into probe.errors. The receive path drains the socket until it is empty and does no parsing
+into probe.errors. The receive path drains a socket until it is empty and does no parsing
 beyond matching ID, QR and question, so one process keeps up with a fast resolver.
 """
 
@@ -33,6 +33,13 @@ _TICK = 0.05  # granularity of the timeout sweep; one timer per channel instead 
 # Datagrams read per readiness callback: enough to drain bursts, few enough that a flooding
 # server cannot keep the event loop (and every other lane) to itself.
 _MAX_DRAIN = 256
+# Source-port rotation (RFC 5452 §9.2): the ID alone is 16 bits of entropy against off-path
+# spoofing; a few sockets per server, each on a kernel-chosen random port and replaced after
+# a number of queries or an age, add the port's bits without a socket per query.
+POOL_SIZE = 4
+ROTATE_QUERIES = 100
+ROTATE_SECONDS = 60.0
+_MAX_IN_FLIGHT = 60000  # IDs are unique per channel: leave room to draw a free one
 
 
 def _translate(exc: OSError, what: str) -> TransportError:
@@ -55,7 +62,7 @@ class RawReply:
 
 
 class _IdSource:
-    """Unpredictable 16-bit query IDs (RFC 5452 §9.2), drawn from the OS in batches."""
+    """Unpredictable 16-bit values (query IDs, RFC 5452 §9.2), drawn from the OS in batches."""
 
     __slots__ = ("_buf", "_pos")
 
@@ -71,102 +78,197 @@ class _IdSource:
         return (self._buf[pos] << 8) | self._buf[pos + 1]
 
 
+class _Socket:
+    """One connected UDP socket of a channel's pool."""
+
+    __slots__ = ("inflight", "retire_at", "retired", "sent", "sock")
+
+    def __init__(self, sock: socket.socket, retire_at: float) -> None:
+        self.sock = sock
+        self.inflight = 0  # queries sent on it and not yet answered, failed or expired
+        self.sent = 0
+        self.retire_at = retire_at  # loop time after which it takes no new queries
+        self.retired = False
+
+
 class _Pending:
-    __slots__ = ("deadline", "fut", "sent", "tmpl")
+    __slots__ = ("deadline", "fut", "sent", "sock", "tmpl")
 
     def __init__(self, fut: asyncio.Future[RawReply], tmpl: QueryTemplate, sent: float,
-                 deadline: float) -> None:
+                 deadline: float, sock: _Socket) -> None:
         self.fut = fut
         self.tmpl = tmpl
         self.sent = sent
         self.deadline = deadline
+        self.sock = sock
 
 
 class UdpChannel:
-    """A connected UDP socket to one server (the kernel drops datagrams from other sources)."""
+    """Connected UDP sockets to one server (the kernel drops datagrams from other sources).
+
+    Each query goes out on a socket picked at random from a pool of up to `pool_size`; a
+    socket is retired after `rotate_queries` queries or `rotate_seconds`, whichever comes
+    first, and closed once its last query is answered or timed out. IDs are unique across the
+    channel, and a reply counts only on the socket its query left from.
+    """
 
     def __init__(self, host: str, port: int, *, timeout: float,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, pool_size: int = POOL_SIZE,
+                 rotate_queries: int = ROTATE_QUERIES,
+                 rotate_seconds: float = ROTATE_SECONDS) -> None:
+        if pool_size < 1 or rotate_queries < 1 or not rotate_seconds > 0:
+            raise ValueError("pool_size and rotate_queries must be >= 1, rotate_seconds > 0")
         self.host = host
         self.port = port
         self.timeout = timeout
         self._loop = loop
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._pool_size = pool_size
+        self._rotate_queries = rotate_queries
+        self._rotate_seconds = rotate_seconds
+        self._pending: dict[int, _Pending] = {}
+        self._ids = _IdSource()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._retired: set[_Socket] = set()  # out of the pool, waiting for their last replies
+        self.stray = 0  # replies for no pending ID on that socket (late or spoofed)
+        self.mismatched = 0  # right ID, wrong question or not a response
+        self.sockets_opened = 0
+        # The first socket now: no route or no address family shows at once, before any send.
+        self._pool: list[_Socket] = [self._open(loop.time())]
+
+    def _open(self, now: float) -> _Socket:
         try:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock = socket.socket(self._family, socket.SOCK_DGRAM)
         except OSError as exc:
             raise _translate(exc, "socket") from None
         try:
             sock.setblocking(False)
             # A large receive buffer keeps bursts of replies from being dropped.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-            sock.connect((host, port))
+            # connect() binds an unbound socket to a random ephemeral port (kernel's choice).
+            sock.connect((self.host, self.port))
         except OSError as exc:
             sock.close()
             raise _translate(exc, "connect") from None
-        self._sock = sock
-        self._pending: dict[int, _Pending] = {}
-        self._ids = _IdSource()
-        self._timer: asyncio.TimerHandle | None = None
-        self._closed = False
-        self.stray = 0  # replies for no pending ID (late or spoofed)
-        self.mismatched = 0  # right ID, wrong question or not a response
-        loop.add_reader(sock.fileno(), self._on_readable)
+        s = _Socket(sock, now + self._rotate_seconds)
+        self._loop.add_reader(sock.fileno(), self._on_readable, s)
+        self.sockets_opened += 1
+        return s
 
-    def _new_id(self) -> int:
-        pending = self._pending
+    def _close_socket(self, s: _Socket) -> None:
+        self._loop.remove_reader(s.sock.fileno())
+        s.sock.close()
+
+    def _retire(self, s: _Socket) -> None:
+        self._pool.remove(s)
+        s.retired = True
+        if s.inflight:
+            self._retired.add(s)  # its replies may still arrive; closed after the last
+        else:
+            self._close_socket(s)
+
+    def _finished(self, s: _Socket) -> None:
+        """One query on `s` is over; close a retired socket after its last one."""
+        s.inflight -= 1
+        if s.retired and not s.inflight:
+            self._retired.remove(s)
+            self._close_socket(s)
+
+    def _pick(self, now: float) -> _Socket:
+        pool = self._pool
         while True:
-            qid = self._ids.next()
-            if qid not in pending:
-                return qid
+            if pool and not pool[-1].sent:
+                return pool[-1]  # the newest socket, not used yet
+            if len(pool) < self._pool_size:
+                try:
+                    s = self._open(now)
+                except TransportError:
+                    if not pool:
+                        raise
+                    # Out of descriptors or similar: keep using the sockets we have.
+                    s = pool[self._ids.next() % len(pool)]
+                    return s
+                pool.append(s)
+                return s
+            s = pool[self._ids.next() % len(pool)]
+            if now < s.retire_at:
+                return s
+            self._retire(s)
 
     def send(self, tmpl: QueryTemplate) -> asyncio.Future[RawReply]:
         """Send one query; the future resolves to a RawReply or fails with a TransportError."""
-        fut: asyncio.Future[RawReply] = self._loop.create_future()
+        loop = self._loop
+        fut: asyncio.Future[RawReply] = loop.create_future()
         if self._closed:
             fut.set_exception(ConnectionFailed("channel closed"))
             return fut
-        if len(self._pending) >= 60000:
+        pending = self._pending
+        if len(pending) >= _MAX_IN_FLIGHT:
             fut.set_exception(ConnectionFailed("too many queries in flight on one channel"))
             return fut
-        qid = self._new_id()
-        now = self._loop.time()
+        now = loop.time()
+        ids = self._ids
+        pool = self._pool
+        # Hot path: a full pool and a socket young enough; else _pick grows or rotates it.
+        s: _Socket | None = None
+        if len(pool) == self._pool_size:
+            s = pool[ids.next() % len(pool)]
+            if now >= s.retire_at:
+                self._retire(s)
+                s = None
+        if s is None:
+            try:
+                s = self._pick(now)
+            except TransportError as exc:
+                fut.set_exception(exc)
+                return fut
+        qid = ids.next()
+        while qid in pending:  # unique across the channel's sockets
+            qid = ids.next()
         sent = time.perf_counter()  # loop.time() is only millisecond-grained under uvloop
         try:
-            self._sock.send(tmpl.with_id(qid))
+            s.sock.send(tmpl.with_id(qid))
         except BlockingIOError:
             pass  # like a lost datagram: the timeout and the caller's retry deal with it
         except OSError as exc:
-            fut.set_exception(_translate(exc, "send"))
+            err = _translate(exc, "send")
+            fut.set_exception(err)
+            if isinstance(err, Unreachable | PortUnreachable):
+                # An ICMP error for an earlier query, reported here instead of on receive:
+                # the queries still in flight went to the same dead port or host.
+                self._fail_all(err)
             return fut
-        self._pending[qid] = _Pending(fut, tmpl, sent, now + self.timeout)
+        pending[qid] = _Pending(fut, tmpl, sent, now + self.timeout, s)
+        s.inflight += 1
+        s.sent += 1
+        if s.sent >= self._rotate_queries:
+            self._retire(s)
         if self._timer is None:
-            self._timer = self._loop.call_later(_TICK, self._expire)
+            self._timer = loop.call_later(_TICK, self._expire)
         return fut
 
-    def _on_readable(self) -> None:
+    def _on_readable(self, s: _Socket) -> None:
         pending = self._pending
+        sock = s.sock
         now = time.perf_counter()
         for _ in range(_MAX_DRAIN):
             try:
-                data = self._sock.recv(65535)
+                data = sock.recv(65535)
             except BlockingIOError:
                 return
             except OSError as exc:
                 # ICMP port/host unreachable is reported on a connected socket: nobody serves
-                # DNS there, so every query in flight fails the same way.
-                err = _translate(exc, "recv")
-                for waiting in pending.values():
-                    if not waiting.fut.done():
-                        waiting.fut.set_exception(err)
-                pending.clear()
+                # DNS there, so every query in flight to that server fails the same way, on
+                # every socket of the pool (ICMP errors can be rate-limited: one is enough).
+                self._fail_all(_translate(exc, "recv"))
                 return
             if len(data) < 12:
                 self.mismatched += 1
                 continue
             qid = (data[0] << 8) | data[1]
             p = pending.get(qid)
-            if p is None:
+            if p is None or p.sock is not s:
                 self.stray += 1
                 continue
             if not data[2] & 0x80 or not p.tmpl.matches_question(data):
@@ -175,6 +277,19 @@ class UdpChannel:
             del pending[qid]
             if not p.fut.done():
                 p.fut.set_result(RawReply(data, now - p.sent, "udp"))
+            s.inflight -= 1
+            if s.retired and not s.inflight:
+                self._retired.remove(s)
+                self._close_socket(s)
+                return  # closed: nothing more to read from it
+
+    def _fail_all(self, err: TransportError) -> None:
+        pending = list(self._pending.values())
+        self._pending.clear()
+        for waiting in pending:
+            if not waiting.fut.done():
+                waiting.fut.set_exception(err)
+            self._finished(waiting.sock)
 
     def _expire(self) -> None:
         self._timer = None
@@ -190,6 +305,7 @@ class UdpChannel:
             gone = pending.pop(qid)
             if not gone.fut.done():
                 gone.fut.set_exception(QueryTimeout(f"no reply within {self.timeout:g}s"))
+            self._finished(gone.sock)
         if pending:
             self._timer = self._loop.call_later(_TICK, self._expire)
 
@@ -197,14 +313,21 @@ class UdpChannel:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    @property
+    def open_sockets(self) -> int:
+        """Sockets still open: the pool and retired ones waiting for their last replies."""
+        return 0 if self._closed else len(self._pool) + len(self._retired)
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        self._loop.remove_reader(self._sock.fileno())
-        self._sock.close()
+        for s in (*self._pool, *self._retired):
+            self._close_socket(s)
+        self._pool.clear()
+        self._retired.clear()
         for p in self._pending.values():
             if not p.fut.done():
                 p.fut.set_exception(ConnectionFailed("channel closed"))
@@ -248,18 +371,24 @@ async def tcp_exchange(host: str, port: int, tmpl: QueryTemplate, *, timeout: fl
 class Transport:
     """Owns the per-server channels for one sweep or daemon; explicitly created and closed."""
 
-    def __init__(self, *, timeout: float) -> None:
+    def __init__(self, *, timeout: float, pool_size: int = POOL_SIZE,
+                 rotate_queries: int = ROTATE_QUERIES,
+                 rotate_seconds: float = ROTATE_SECONDS) -> None:
         self.timeout = timeout
+        self.pool_size = pool_size
+        self.rotate_queries = rotate_queries
+        self.rotate_seconds = rotate_seconds
         self._channels: dict[tuple[str, int], UdpChannel] = {}
 
     def channel(self, host: str, port: int) -> UdpChannel:
         key = (host, port)
         ch = self._channels.get(key)
         if ch is None:
-            ch = UdpChannel(host, port, timeout=self.timeout, loop=asyncio.get_running_loop())
+            ch = UdpChannel(host, port, timeout=self.timeout, loop=asyncio.get_running_loop(),
+                            pool_size=self.pool_size, rotate_queries=self.rotate_queries,
+                            rotate_seconds=self.rotate_seconds)
             self._channels[key] = ch
         return ch
-
     async def exchange(self, host: str, port: int, tmpl: QueryTemplate) -> RawReply:
         """One attempt: UDP, then TCP when the UDP reply is truncated."""
         reply = await self.channel(host, port).send(tmpl)

@@ -1,4 +1,4 @@
-"""DNS wire work: build each query's wire once, triage replies on the fixed header, parse the rest.
+"""DNS wire work: build each query's wire once, triage replies structurally, parse the rest.
 
 The triage is the one place that reads DNS bytes without dnspython; it only ever says "plainly
 secure" or "parse me", and every reply that is not plainly secure goes through dnspython.
@@ -6,7 +6,9 @@ secure" or "parse me", and every reply that is not plainly secure goes through d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import dns.edns
 import dns.exception
@@ -21,6 +23,12 @@ from probe.observation import EdeObs, RRsetObs
 
 EDNS_PAYLOAD = 1232  # DNS flag day 2020: avoids IP fragmentation
 
+# A reply the structural walk accepted: (length, reply, offsets of its TTL fields, and once
+# compared against: ((offset, bytes), ...) covering every byte from the counts to the final
+# OPT except the TTL fields).
+_Segments = tuple[tuple[int, bytes], ...]
+_Shape = tuple[int, bytes, list[int], _Segments | None]
+
 
 @dataclass(frozen=True, slots=True)
 class QueryTemplate:
@@ -33,6 +41,8 @@ class QueryTemplate:
     wire: bytes  # ID bytes are zero; patched per send
     qname_wire_lower: bytes  # question name, lower case, for matching replies
     typeclass: bytes  # QTYPE + QCLASS wire
+    # Last reply shape plainly_secure accepted for this question (a one-slot memo; see there).
+    shape: list[_Shape | None] = field(default_factory=lambda: [None], compare=False, repr=False)
 
     @property
     def question_len(self) -> int:
@@ -74,16 +84,28 @@ def make_template(
 
 class TemplateCache:
     """Query templates built once and reused: building costs far more than sending, and a
-    daemon asks the same names every round."""
+    daemon asks the same names every round. Bounded (least recently used out), because the
+    follow-up questions are about names learnt from replies."""
 
-    def __init__(self) -> None:
-        self._built: dict[tuple[str, str, bool, bool], QueryTemplate] = {}
+    def __init__(self, maxsize: int = 4096) -> None:
+        if maxsize < 1:
+            raise ValueError("TemplateCache needs room for at least one template")
+        self.maxsize = maxsize
+        self._built: OrderedDict[tuple[str, str, bool, bool], QueryTemplate] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._built)
 
     def get(self, qname: str, qtype: str, *, rd: bool = True, cd: bool = False) -> QueryTemplate:
         key = (qname, qtype, rd, cd)
-        t = self._built.get(key)
+        built = self._built
+        t = built.get(key)
         if t is None:
-            t = self._built[key] = make_template(qname, qtype, rd=rd, cd=cd)
+            t = built[key] = make_template(qname, qtype, rd=rd, cd=cd)
+            if len(built) > self.maxsize:
+                built.popitem(last=False)
+        else:
+            built.move_to_end(key)
         return t
 
 
@@ -93,24 +115,199 @@ _B2_EXPECT = 0x80  # QR=1, OPCODE=QUERY, TC=0
 _B3_CHECK = 0x20 | 0x0F
 _B3_EXPECT = 0x20  # AD=1, RCODE=NOERROR
 
+_COUNTS = struct.Struct("!HHHH").unpack_from  # QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT
+_RR = struct.Struct("!HHIH").unpack_from  # TYPE, CLASS, TTL, RDLENGTH
+_OWNED_RR = struct.Struct("!HHHIH").unpack_from  # a 2-octet owner (a pointer), then as _RR
+_OPT_LEN = 11  # root owner + fixed RR fields, RDLENGTH 0
+_MIN_RR = 11  # the shortest RR: root owner + fixed fields
 
-def plainly_secure(reply: bytes) -> bool:
-    """True only for NOERROR, AD=1, TC=0, an answer, and a final empty OPT (so no EDE to read).
+# RDATA the walk can check exactly as dnspython parses it (class IN only); any other type
+# means "parse me". Positive: a fixed length.
+_NAME, _SOA, _RRSIG = -1, -2, -3
+_RDATA: dict[int, int] = {
+    dns.rdatatype.A: 4, dns.rdatatype.AAAA: 16, dns.rdatatype.NS: _NAME,
+    dns.rdatatype.PTR: _NAME, dns.rdatatype.SOA: _SOA, dns.rdatatype.RRSIG: _RRSIG,
+}
 
-    Anything else (errors, no AD, truncation, EDNS options, extended rcode) returns False and the
-    caller must parse the reply fully. The question was already matched by the transport.
+
+# Names walked so far, as (offset, length of the name, pointers in it): where compression
+# pointers may point, unfolded into `seen` label by label only when a pointer needs it.
+_Walked = list[tuple[int, int, int]]
+
+
+def _name_end(reply: bytes, p: int, limit: int, seen: dict[int, tuple[int, int]],
+              walked: _Walked | None) -> int:
+    """End of the name at `p`, which must end by `limit`; -1 if dnspython might reject it.
+
+    Labels of 1-63 octets ending in the root label or in a compression pointer to a label of a
+    name already walked (`seen`: offset -> (length of the name from there, pointers in it)), so
+    the pointer points backwards, never into the name itself, the chain is at most 16 pointers
+    and the whole name at most 255 octets (RFC 1035 §4.1.4; dnspython's rules). The name is
+    then added to `walked`. `walked=None`: compression not allowed (RRSIG signer), not added.
     """
-    return (
-        len(reply) >= 23
+    start = p
+    length = reply[p]
+    while length:
+        if length > 63:
+            if length < 0xC0 or walked is None:
+                return -1
+            target = ((length & 0x3F) << 8) | reply[p + 1]
+            tail = seen.get(target)
+            if tail is None and walked:
+                _unfold(reply, seen, walked)
+                tail = seen.get(target)
+            if tail is None or tail[1] >= 16:
+                return -1
+            size = p - start + tail[0]
+            hops = tail[1] + 1
+            p += 2
+            break
+        p += length + 1
+        length = reply[p]
+    else:
+        p += 1
+        size = p - start
+        hops = 0
+    if p > limit or size > 255:
+        return -1
+    if walked is not None:
+        walked.append((start, size, hops))
+    return p
+
+
+def _unfold(reply: bytes, seen: dict[int, tuple[int, int]], walked: _Walked) -> None:
+    for start, size, hops in walked:
+        k = start
+        length = reply[k]
+        while 0 < length < 64:
+            seen[k] = (size - (k - start), hops)
+            k += length + 1
+            length = reply[k]
+    walked.clear()
+
+
+def _walk(reply: bytes, pos: int) -> list[int] | None:
+    """Structural walk of a reply whose fixed header and final 11 bytes passed the triage.
+
+    Returns the offsets of the TTL fields if every byte is accounted for exactly as dnspython
+    would parse it: one question; ANCOUNT+NSCOUNT+ARCOUNT RRs that end exactly where the final
+    empty OPT starts (so no trailing bytes, no other OPT, counts that fit the bytes); answer RRs
+    owned by the question name (a pointer to it), of the question type or RRSIG, at least one
+    of the question type; only RDATA types whose wire it checks (A, AAAA, NS, PTR, SOA, RRSIG)
+    in class IN. `pos`: where the question ends if the caller matched it, else 0 (walked here).
+    """
+    n = len(reply)
+    try:
+        qd, an, ns, ar = _COUNTS(reply, 4)
+        if qd != 1 or not an or not ar:
+            return None
+        seen: dict[int, tuple[int, int]] = {}
+        if not pos:
+            pos = _name_end(reply, 12, n, seen, None)
+            if pos < 0:
+                return None
+            pos += 4
+        qname_end = pos - 4
+        walked: _Walked = [(12, qname_end - 12, 0)]
+        qtype = (reply[qname_end] << 8) | reply[qname_end + 1]
+        end = n - _OPT_LEN
+        rrs = an + ns + ar - 1
+        if rrs * _MIN_RR > end - pos:  # counts that cannot fit the bytes (ANCOUNT=65535)
+            return None
+        ttls: list[int] = []
+        answered = False
+        for i in range(rrs):
+            # (12 octets are there: at least the final OPT follows)
+            owner, rtype, rclass, _ttl, rdlen = _OWNED_RR(reply, pos)
+            if owner == 0xC00C:  # a pointer to the question name
+                pos += 2
+            elif i < an:
+                return None
+            else:
+                pos = _name_end(reply, pos, end, seen, walked)
+                if pos < 0:
+                    return None
+                rtype, rclass, _ttl, rdlen = _RR(reply, pos)
+            ttls.append(pos + 4)
+            pos += 10
+            r = pos + rdlen
+            kind = _RDATA.get(rtype)
+            if kind is None or rclass != 1 or r > end:
+                return None
+            if i < an:
+                if rtype == qtype:
+                    answered = True
+                elif kind != _RRSIG:
+                    return None
+            if kind > 0:
+                ok = rdlen == kind
+            elif kind == _RRSIG:  # 18 fixed octets, uncompressed signer, signature
+                ok = rdlen > 18 and _name_end(reply, pos + 18, r, seen, None) > 0
+            elif kind == _NAME:
+                ok = _name_end(reply, pos, r, seen, walked) == r
+            else:  # SOA: two names, five 32-bit fields
+                q = _name_end(reply, pos, r, seen, walked)
+                ok = q > 0 and _name_end(reply, q, r, seen, walked) == r - 20
+            if not ok:
+                return None
+            pos = r
+        return ttls if pos == end and answered else None
+    except (IndexError, struct.error):
+        return None
+
+
+def plainly_secure(reply: bytes, tmpl: QueryTemplate | None = None) -> bool:
+    """True only for NOERROR, AD=1, TC=0, an answer of the question's type owned by the
+    question name, and a final empty OPT (so no EDE to read), in a reply dnspython accepts.
+
+    Anything else (errors, no AD, truncation, EDNS options, extended rcode, anything unusual or
+    malformed) returns False and the caller must parse the reply fully. `tmpl`: the template
+    the transport already matched the reply's question against (its question is then not
+    walked again, and the accepted shape is remembered); without it the question is walked.
+    """
+    n = len(reply)
+    if not (
+        n >= 23
         and reply[2] & _B2_CHECK == _B2_EXPECT
         and reply[3] & _B3_CHECK == _B3_EXPECT
-        and reply[6:8] != b"\x00\x00"  # ANCOUNT > 0
-        and reply[10:12] != b"\x00\x00"  # ARCOUNT > 0 (the OPT)
         # last RR: root owner, TYPE=OPT(41), ext-rcode 0, version 0, RDLEN 0
         and reply[-11:-8] == b"\x00\x00\x29"
         and reply[-6:-4] == b"\x00\x00"
         and reply[-2:] == b"\x00\x00"
-    )
+    ):
+        return False
+    if tmpl is None:
+        return _walk(reply, 0) is not None
+    # Replies to one question differ mostly in ID and TTLs, which neither dnspython nor this
+    # verdict depends on (flags and the final OPT were checked above): a reply equal to an
+    # accepted one outside those fields is accepted without walking it again.
+    memo = tmpl.shape
+    shape = memo[0]
+    if shape is not None and shape[0] == n:
+        segs = shape[3]
+        if segs is None:  # cut only when a second reply comes: a one-off costs no more
+            segs = _segments(shape[1], shape[2])
+            memo[0] = (n, shape[1], shape[2], segs)
+        for off, seg in segs:
+            if not reply.startswith(seg, off):
+                break
+        else:
+            return True
+    ttls = _walk(reply, 12 + tmpl.question_len)
+    if ttls is None:
+        return False
+    memo[0] = (n, reply, ttls, None)
+    return True
+
+
+def _segments(reply: bytes, ttls: list[int]) -> _Segments:
+    segs = []
+    start = 4
+    for t in ttls:
+        segs.append((start, reply[start:t]))
+        start = t + 4
+    segs.append((start, reply[start : len(reply) - _OPT_LEN]))
+    return tuple(segs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +319,8 @@ class ParsedReply:
     ede: tuple[EdeObs, ...]
     answer: tuple[RRsetObs, ...]
     authority: tuple[RRsetObs, ...]
+    # dnspython rejected the EDNS options; they were decoded leniently (EDE kept).
+    options_malformed: bool = False
 
 
 def _section(rrsets: list[dns.rrset.RRset]) -> tuple[RRsetObs, ...]:
@@ -151,20 +350,133 @@ def _section(rrsets: list[dns.rrset.RRset]) -> tuple[RRsetObs, ...]:
     return tuple(out)
 
 
+_OPTION = struct.Struct("!HH").unpack_from  # OPTION-CODE, OPTION-LENGTH
+_EDE = dns.edns.OptionType.EDE  # RFC 8914
+# RFC 6891 §9: 65535 is reserved, so no EDNS option class decodes it (a neutral filler).
+_FILLER_OPTION = 65535
+
+
+def _opt_rdata(reply: bytes) -> tuple[int, int, bool] | None:
+    """Where the OPT RR's RDATA is: (RDLENGTH offset, RDATA end, OPT is the last RR).
+
+    A loose walk over the RR headers only (dnspython checks the rest); None unless there is
+    exactly one OPT, in the additional section.
+    """
+    n = len(reply)
+    try:
+        qd, an, ns, ar = _COUNTS(reply, 4)
+        if (qd + an + ns + ar) * 5 > n:
+            return None
+        pos = 12
+        for _ in range(qd):
+            pos = _skip_name(reply, pos)
+            if pos < 0:
+                return None
+            pos += 4
+        found: tuple[int, int, bool] | None = None
+        total = an + ns + ar
+        for i in range(total):
+            pos = _skip_name(reply, pos)
+            if pos < 0:
+                return None
+            rtype, _rclass, _ttl, rdlen = _RR(reply, pos)
+            end = pos + 10 + rdlen
+            if end > n:
+                return None
+            if rtype == dns.rdatatype.OPT:
+                if found is not None or i < an + ns:
+                    return None
+                found = (pos + 8, end, i == total - 1)
+            pos = end
+        return found
+    except (IndexError, struct.error):
+        return None
+
+
+def _skip_name(reply: bytes, p: int) -> int:
+    """End of the name at `p` as dnspython frames it (labels, then root or a pointer); -1 for a
+    label type dnspython rejects."""
+    length = reply[p]
+    while length:
+        if length > 63:
+            return p + 2 if length >= 0xC0 else -1
+        p += length + 1
+        length = reply[p]
+    return p + 1
+
+
+def _lenient_ede(options: bytes) -> tuple[EdeObs, ...]:
+    """EDE options from raw OPT RDATA, each on its own: text decoded with replacement
+    characters, options too short to hold an INFO-CODE skipped, other options ignored."""
+    out: list[EdeObs] = []
+    p = 0
+    while p + 4 <= len(options):
+        code, size = _OPTION(options, p)
+        p += 4
+        body = options[p : p + size]
+        p += size
+        if len(body) < size:
+            break  # runs past the OPT RDATA: nothing after it can be located
+        if code == _EDE and size >= 2:
+            text = body[2:]
+            if text.endswith(b"\x00"):  # EXTRA-TEXT MAY be NUL-terminated (as dnspython)
+                text = text[:-1]
+            out.append(EdeObs((body[0] << 8) | body[1], text.decode("utf-8", errors="replace")))
+    return tuple(out)
+
+
+def _parse_without_options(
+    reply: bytes, exc: dns.exception.DNSException
+) -> tuple[dns.message.Message, tuple[EdeObs, ...]]:
+    """Parse `reply` again with its OPT's options blanked; re-raise `exc` if that does not help.
+
+    A malformed option (EDE text that is not UTF-8, a short COOKIE, a bad ECS, ...) must not make
+    the whole reply malformed: the rcode, flags and sections still say what the resolver did.
+    """
+    where = _opt_rdata(reply)
+    if where is None:
+        raise exc
+    rdlen_at, rdata_end, last = where
+    options = reply[rdlen_at + 2 : rdata_end]
+    if not options:
+        raise exc
+    if last:
+        wire = reply[:rdlen_at] + b"\x00\x00" + reply[rdata_end:]
+    elif len(options) >= 4:
+        # RRs follow whose compression pointers may point past the OPT: keep every offset.
+        filler = _FILLER_OPTION.to_bytes(2, "big") + (len(options) - 4).to_bytes(2, "big")
+        wire = reply[: rdlen_at + 2] + filler + bytes(len(options) - 4) + reply[rdata_end:]
+    else:
+        raise exc
+    try:
+        msg = dns.message.from_wire(wire, ignore_trailing=True)
+    except dns.exception.DNSException:
+        raise exc from None
+    return msg, _lenient_ede(options)
+
+
 def parse_reply(reply: bytes) -> ParsedReply:
-    """Full parse with dnspython. Raises dns.exception.DNSException on malformed wire."""
-    msg = dns.message.from_wire(reply, ignore_trailing=True)
-    ede = tuple(
-        EdeObs(int(opt.code), opt.text or "")
-        for opt in msg.options
-        if isinstance(opt, dns.edns.EDEOption)
-    )
+    """Full parse with dnspython. Raises dns.exception.DNSException on malformed wire; a
+    malformed EDNS option alone is not that (options are then decoded leniently)."""
+    lenient = False
+    try:
+        msg = dns.message.from_wire(reply, ignore_trailing=True)
+    except dns.exception.DNSException as exc:
+        msg, ede = _parse_without_options(reply, exc)
+        lenient = True
+    else:
+        ede = tuple(
+            EdeObs(int(opt.code), opt.text or "")
+            for opt in msg.options
+            if isinstance(opt, dns.edns.EDEOption)
+        )
     return ParsedReply(
         rcode=int(msg.rcode()),
         flags=int(msg.flags),
         ede=ede,
         answer=_section(msg.answer),
         authority=_section(msg.authority),
+        options_malformed=lenient,
     )
 
 

@@ -12,7 +12,7 @@ import dns.rdatatype
 
 from probe.codes import Verdict
 from probe.errors import ConfigError
-from probe.resolvers import parse_hostport
+from probe.resolvers import parse_hostport, read_lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,29 @@ ZONE_OPTIONS = ("expect", "ns", "label")
 _EXPECTABLE = (Verdict.SECURE, Verdict.INSECURE)
 
 
+# Types that are not data one can ask a resolver to validate: meta and question-only types
+# (RFC 6895 §3.1: OPT, TKEY, TSIG, IXFR, AXFR, MAILA, MAILB, ANY), RRSIG (asked alone it is not
+# a validated answer, RFC 4035 §3.1.8.1) and the reserved values 0 and 65535.
+_NOT_PROBE_TYPES = frozenset({
+    dns.rdatatype.OPT, dns.rdatatype.TKEY, dns.rdatatype.TSIG, dns.rdatatype.IXFR,
+    dns.rdatatype.AXFR, dns.rdatatype.MAILA, dns.rdatatype.MAILB, dns.rdatatype.ANY,
+    dns.rdatatype.RRSIG, dns.rdatatype.NONE, 65535,
+})
+
+
+def probe_type(text: str) -> dns.rdatatype.RdataType:
+    """A record type to probe: a mnemonic or TYPEnnn (RFC 3597); ValueError says why not."""
+    try:
+        rdtype = dns.rdatatype.from_text(text)
+    except (dns.exception.DNSException, ValueError):
+        raise ValueError(f"unknown record type {text!r}; expected a mnemonic such as PTR, SOA "
+                         "or AAAA, or TYPEnnn with nnn from 1 to 65534") from None
+    if rdtype in _NOT_PROBE_TYPES or dns.rdatatype.is_metatype(rdtype):
+        raise ValueError(f"{dns.rdatatype.to_text(rdtype)} is a meta or question-only type, not "
+                         "data to probe; expected a data type such as PTR, SOA or AAAA")
+    return rdtype
+
+
 def _absolute(text: str) -> dns.name.Name:
     return dns.name.from_text(text)
 
@@ -55,7 +78,7 @@ def zone_from_tokens(
         raise fail("expected a zone name")
     try:
         zone = _absolute(tokens[0])
-    except dns.exception.DNSException as exc:
+    except (dns.exception.DNSException, ValueError) as exc:
         raise fail(f"expected a zone name, got {tokens[0]!r} ({exc.__class__.__name__})") from None
     if zone == dns.name.root:
         raise fail("the root zone is not a reverse zone to probe")
@@ -87,12 +110,12 @@ def zone_from_tokens(
             continue
         name_text, _, type_text = tok.partition("/")
         try:
-            rdtype = dns.rdatatype.from_text(type_text or "PTR")
-        except dns.exception.DNSException:
-            raise fail(f"{tok!r}: unknown record type {type_text!r}") from None
+            rdtype = probe_type(type_text or "PTR")
+        except ValueError as exc:
+            raise fail(f"{tok!r}: {exc}") from None
         try:
             qname = zone if name_text == "@" else dns.name.from_text(name_text, origin=zone)
-        except dns.exception.DNSException as exc:
+        except (dns.exception.DNSException, ValueError) as exc:
             raise fail(f"{tok!r}: not a valid name ({exc.__class__.__name__})") from None
         if not qname.is_subdomain(zone):
             raise fail(f"{tok!r}: {qname} is not inside zone {zone_text}")
@@ -126,13 +149,7 @@ def parse_zones(lines: Iterable[str], *, path: str = "<zones>") -> list[ZoneSpec
 def load_zones(path: str | Path) -> list[ZoneSpec]:
     """Read and parse a zones file."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read zones file ({exc.strerror})", path=str(p)) from None
-    except UnicodeDecodeError:
-        raise ConfigError("zones file is not UTF-8 text", path=str(p)) from None
-    zones = parse_zones(text.splitlines(), path=str(p))
+    zones = parse_zones(read_lines(p, "zones file"), path=str(p))
     if not zones:
         raise ConfigError("no zones in file", path=str(p))
     return zones

@@ -6,6 +6,11 @@ a callback per transport: it gets a `Request` and returns the reply wire(s) to s
 stay silent; `Request.send` replies later or out of order (e.g. shuffled, or delayed).
 
 Use it only for faults real servers don't make on demand (wrong IDs, silence, truncation, garbage).
+
+For hostile-reply tests: every `Request` records its `peer` (the probe's source address) and
+`replies` (each datagram or framed TCP message sent for it, in order, so a test can check what
+a verdict was based on); the server thread is named `THREAD_NAME` (so socket hooks can tell the
+fake's own sends from the probe's); `make_auth_reply` builds an authoritative server's answer.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import dns.rdatatype
 import dns.rrset
 
 HOST = "127.0.0.1"
+THREAD_NAME = "fakedns"  # every FakeDNS serves from a thread of this name
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ class Request:
     index: int  # 0-based, per transport
     _server: FakeDNS = field(repr=False)
     _send: Callable[[bytes], None] = field(repr=False)
+    peer: Any = None  # the sender's socket address (host, port[, ...])
+    # Replies sent for this query, in order (RawTcp items are not DNS messages: not recorded).
+    replies: list[bytes] = field(default_factory=list, repr=False)
 
     @property
     def message(self) -> dns.message.Message:
@@ -81,12 +90,15 @@ class _Udp(asyncio.DatagramProtocol):
         t = self.transport
         assert t is not None
 
+        replies: list[bytes] = []
+
         def send(reply: bytes) -> None:
             if not t.is_closing():
                 t.sendto(reply, addr)
+                replies.append(reply)
 
         srv = self.server
-        req = Request(data, "udp", srv.udp_count, srv, send)
+        req = Request(data, "udp", srv.udp_count, srv, send, addr, replies)
         srv.udp_count += 1
         srv.requests.append(req)
         for item in srv.call(srv.udp_handler, req):
@@ -108,7 +120,8 @@ class FakeDNS:
         self.requests: list[Request] = []
         self.errors: list[BaseException] = []
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                        name=THREAD_NAME)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -141,15 +154,22 @@ class FakeDNS:
             self._conns.discard(task)
 
     async def _tcp_serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        def send(data: bytes) -> None:
-            if not writer.is_closing():
-                writer.write(len(data).to_bytes(2, "big") + data)
+        peer = writer.get_extra_info("peername")
+
+        def sender(replies: list[bytes]) -> Callable[[bytes], None]:
+            def send(data: bytes) -> None:
+                if not writer.is_closing():
+                    writer.write(len(data).to_bytes(2, "big") + data)
+                    replies.append(data)
+            return send
 
         try:
             while True:
                 size = int.from_bytes(await reader.readexactly(2), "big")
                 data = await reader.readexactly(size)
-                req = Request(data, "tcp", self.tcp_count, self, send)
+                replies: list[bytes] = []
+                send = sender(replies)
+                req = Request(data, "tcp", self.tcp_count, self, send, peer, replies)
                 self.tcp_count += 1
                 self.requests.append(req)
                 for item in self.call(self.tcp_handler, req):
@@ -245,6 +265,34 @@ def make_reply(
     ]
     if edns:
         r.use_edns(0, dns.flags.DO if do else 0, 1232, options=options)
+    else:
+        r.use_edns(False)
+    return r.to_wire()
+
+
+def make_auth_reply(
+    query: dns.message.Message | bytes,
+    *,
+    rcode: int = dns.rcode.NOERROR,
+    aa: bool = True,
+    answer: Iterable[dns.rrset.RRset] = (),
+    authority: Iterable[dns.rrset.RRset] = (),
+    additional: Iterable[dns.rrset.RRset] = (),
+    edns: bool = True,
+    do: bool = True,
+) -> bytes:
+    """An authoritative server's reply to `query`: AA as asked, no RA, no AD, RD echoed."""
+    q = dns.message.from_wire(query) if isinstance(query, bytes) else query
+    r = dns.message.make_response(q)
+    r.set_rcode(dns.rcode.Rcode(rcode))
+    r.flags &= ~dns.flags.RA
+    if aa:
+        r.flags |= dns.flags.AA
+    r.answer.extend(answer)
+    r.authority.extend(authority)
+    r.additional.extend(additional)
+    if edns:
+        r.use_edns(0, dns.flags.DO if do else 0, 1232)
     else:
         r.use_edns(False)
     return r.to_wire()

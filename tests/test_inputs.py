@@ -116,3 +116,35 @@ def test_resolver_file_lines() -> None:
         ("unbound", "127.53.1.1", 53, "127.53.1.1"), ("v6", "::1", 5300, "[::1]:5300")]
     with pytest.raises(ConfigError, match=r"^r:2: "):
         parse_resolver_lines(["ok 127.0.0.1", "one two three"], path="r")
+
+
+@pytest.mark.parametrize("text", ["::1:5300", "2001:db8::1:53", "fe80::1:8053"])
+def test_unbracketed_ipv6_with_port_is_ambiguous(text: str) -> None:
+    with pytest.raises(ValueError, match=r"is ambiguous: write \["):
+        parse_hostport(text)
+    addr, _, port = text.rpartition(":")
+    assert parse_hostport(f"[{addr}]:{port}") == (addr, int(port))
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("2620:fe::fe", ("2620:fe::fe", 53)),  # last group is hex, not a port
+    ("2620:fe::9", ("2620:fe::9", 53)),  # "2620:fe:" is no address: nothing to confuse
+    ("2001:4860:4860::8888", ("2001:4860:4860::8888", 53)),
+    ("[::1:5300]", ("::1:5300", 53)),
+])
+def test_bare_ipv6_without_port_still_parses(text: str, want: tuple[str, int]) -> None:
+    assert parse_hostport(text) == want
+
+
+@pytest.mark.parametrize("rdtype", ["ANY", "AXFR", "OPT", "RRSIG", "TYPE0", "TYPE99999", "TYPE-1"])
+def test_not_a_probe_type(rdtype: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^z:1: '1/{rdtype}': "):
+        parse_zones([f"1.in-addr.arpa 1/{rdtype}"], path="z")
+
+
+def test_files_split_on_newline_only(tmp_path: Path) -> None:
+    p = tmp_path / "z.txt"
+    p.write_bytes("\ufeff1.in-addr.arpa\r\n\x0c\u2028\n2.in-addr.arpa\x85label=a\u2029b\n".encode())
+    a, b = load_zones(p)
+    assert (a.source, b.source) == (f"{p}:1", f"{p}:3")
+    assert a.name == "1.in-addr.arpa." and b.label == "a"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
+import os
 import random
 import socket
 import time
@@ -483,3 +485,208 @@ async def test_querier_reports_tcp_after_truncation() -> None:
         assert o.ad and not o.tc  # the flags of the TCP reply, not of the truncated one
     assert obs.parsed is False
     assert len(full.answer[0].rdatas) == 40
+
+
+# -- source-port rotation (RFC 5452 §9.2) ------------------------------------------------------
+
+class PortRecorder(asyncio.DatagramProtocol):
+    """A loopback DNS server on the test's own loop that records each query's source port
+    (fakedns's Request does not expose the peer). With `hold`, replies wait until that many
+    queries arrived, then go out shuffled; `silent` query indexes get no reply."""
+
+    def __init__(self, hold: int = 0, silent: frozenset[int] = frozenset()) -> None:
+        self.hold = hold
+        self.silent = silent
+        self.seen: list[tuple[int, bytes]] = []  # (source port, query wire)
+        self.held: list[tuple[tuple[str, int], bytes]] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        # Bursts of hundreds of queries overflow the default buffer (as in fakedns).
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        index = len(self.seen)
+        self.seen.append((addr[1], data))
+        if index in self.silent:
+            return
+        self.held.append((addr, secure_wire(data)))
+        if len(self.held) >= self.hold:
+            random.Random(5).shuffle(self.held)
+            for to, reply in self.held:
+                assert self.transport is not None
+                self.transport.sendto(reply, to)
+            self.held.clear()
+
+    @property
+    def ports(self) -> list[int]:
+        return [p for p, _ in self.seen]
+
+
+def secure_wire(query: bytes) -> bytes:
+    q = dns.message.from_wire(query)
+    return make_reply(q, answer=default_answer(q))
+
+
+async def recorder(hold: int = 0, silent: frozenset[int] = frozenset()
+                   ) -> tuple[PortRecorder, asyncio.DatagramTransport, int]:
+    proto = PortRecorder(hold, silent)
+    t, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: proto, local_addr=(HOST, 0))
+    return proto, t, int(t.get_extra_info("sockname")[1])
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_queries_to_one_server_leave_from_a_random_pool_of_ports() -> None:
+    srv, t, port = await recorder()
+    ch = UdpChannel(HOST, port, timeout=5.0, loop=asyncio.get_running_loop(), pool_size=4,
+                    rotate_queries=10**6)
+    try:
+        for _ in range(400):
+            await ch.send(make_template(QNAME, "PTR"))
+    finally:
+        ch.close()
+        t.close()
+    counts = sorted(collections.Counter(srv.ports).values())
+    # Four sockets, each picked at random per query (binomial 400 x 1/4: 100 +- 9 each).
+    assert len(counts) == 4
+    assert counts[0] >= 40
+
+
+async def test_sockets_are_replaced_after_n_queries() -> None:
+    srv, t, port = await recorder()
+    ch = UdpChannel(HOST, port, timeout=5.0, loop=asyncio.get_running_loop(), pool_size=2,
+                    rotate_queries=10)
+    try:
+        for _ in range(200):
+            await ch.send(make_template(QNAME, "PTR"))
+        assert ch.open_sockets <= 2
+    finally:
+        ch.close()
+        t.close()
+    assert ch.sockets_opened >= 20  # each socket carries at most 10 queries
+    assert len(set(srv.ports)) >= 10  # kernel-chosen random ports (a reuse now and then is fine)
+    assert (ch.stray, ch.mismatched) == (0, 0)
+
+
+async def test_sockets_are_replaced_after_t_seconds() -> None:
+    srv, t, port = await recorder()
+    ch = UdpChannel(HOST, port, timeout=5.0, loop=asyncio.get_running_loop(), pool_size=1,
+                    rotate_queries=10**6, rotate_seconds=0.2)
+    try:
+        await ch.send(make_template(QNAME, "PTR"))
+        await ch.send(make_template(QNAME, "PTR"))
+        await asyncio.sleep(0.3)
+        await ch.send(make_template(QNAME, "PTR"))
+    finally:
+        ch.close()
+        t.close()
+    assert ch.sockets_opened == 2
+    assert srv.ports[0] == srv.ports[1] != srv.ports[2]
+
+
+async def test_replies_on_retired_sockets_still_complete_then_they_close() -> None:
+    n = 30
+    baseline = open_fds()
+    srv, t, port = await recorder(hold=n)  # every reply waits until all 30 were sent
+    ch = UdpChannel(HOST, port, timeout=10.0, loop=asyncio.get_running_loop(), pool_size=2,
+                    rotate_queries=3)
+    names = [f"{i}.2.0.192.in-addr.arpa." for i in range(n)]
+    try:
+        futures = [ch.send(make_template(name, "PTR")) for name in names]
+        # All 30 in flight on at least 10 sockets, most of them retired already and still open.
+        assert ch.in_flight == n and ch.open_sockets >= 10
+        replies = await asyncio.wait_for(asyncio.gather(*futures), 20)
+        # Each retired socket closed after its last reply; only the pool is left.
+        assert ch.open_sockets <= 2
+        assert open_fds() <= baseline + 1 + 2  # the recorder's socket and the pool
+    finally:
+        ch.close()
+        t.close()
+    for name, raw in zip(names, replies, strict=True):
+        assert dns.message.from_wire(raw.data).question[0].name.to_text() == name
+    assert (ch.stray, ch.mismatched, ch.in_flight) == (0, 0, 0)
+    assert len(set(srv.ports)) >= 10
+    await asyncio.sleep(0)  # let the recorder's transport finish closing
+    assert open_fds() == baseline
+
+
+async def test_retired_socket_closes_after_its_last_query_times_out() -> None:
+    baseline = open_fds()
+    srv, t, port = await recorder(silent=frozenset({0, 1}))  # the first socket's queries
+    ch = UdpChannel(HOST, port, timeout=0.2, loop=asyncio.get_running_loop(), pool_size=1,
+                    rotate_queries=2)
+    try:
+        lost = [ch.send(make_template(QNAME, "PTR")) for _ in range(2)]  # retires socket 1
+        answered = await ch.send(make_template(QNAME, "PTR"))
+        assert answered.transport == "udp"
+        assert ch.open_sockets == 2  # socket 1 waits for its two queries
+        for fut in lost:
+            with pytest.raises(QueryTimeout):
+                await asyncio.wait_for(fut, 10)
+        assert ch.open_sockets == 1
+    finally:
+        ch.close()
+        t.close()
+    assert srv.ports[0] == srv.ports[1] != srv.ports[2]
+    await asyncio.sleep(0)
+    assert open_fds() == baseline
+
+
+async def test_reply_sent_to_another_socket_of_the_pool_is_stray() -> None:
+    """A reply counts only on the port its query left from: the port is part of the match."""
+    tmpl = make_template(QNAME, "PTR")
+    loop = asyncio.get_running_loop()
+    srv, t, port = await recorder(hold=10**6)  # holds everything; the test replies by hand
+    ch = UdpChannel(HOST, port, timeout=5.0, loop=loop, pool_size=4, rotate_queries=10**6)
+    try:
+        futures = [ch.send(tmpl) for _ in range(40)]
+        await wait_for(lambda: len(srv.seen) == 40)
+        (p1, q1), other = srv.seen[0], next(p for p, _ in srv.seen if p != srv.seen[0][0])
+        t.sendto(secure_wire(q1), (HOST, other))  # right ID and question, wrong port
+        await wait_for(lambda: ch.stray == 1)
+        assert not futures[0].done()
+        t.sendto(secure_wire(q1), (HOST, p1))
+        raw = await asyncio.wait_for(futures[0], 5)
+        assert int.from_bytes(raw.data[:2], "big") == int.from_bytes(q1[:2], "big")
+    finally:
+        ch.close()
+        t.close()
+    assert len({qid for qid in (int.from_bytes(w[:2], "big") for _, w in srv.seen)}) == 40
+
+
+async def test_closing_a_transport_leaks_no_descriptor() -> None:
+    baseline = open_fds()
+    srv, t, port = await recorder(silent=frozenset(range(0, 300, 7)))
+    tr = Transport(timeout=1.0, pool_size=4, rotate_queries=5)
+    try:
+        results = await asyncio.gather(
+            *(tr.exchange(HOST, port, make_template(QNAME, "PTR")) for _ in range(300)),
+            return_exceptions=True)
+    finally:
+        tr.close()
+        t.close()
+    assert len(srv.seen) == 300
+    # Some retired sockets closed on a timeout, the others on their last reply.
+    assert sum(isinstance(r, QueryTimeout) for r in results) >= len(range(0, 300, 7))
+    await asyncio.sleep(0)
+    assert open_fds() == baseline
+
+
+async def test_port_unreachable_fails_queries_on_every_socket_of_the_pool() -> None:
+    """One ICMP error is enough (they can be rate-limited): nobody serves DNS at that port."""
+    ch = UdpChannel(HOST, free_port(), timeout=5.0, loop=asyncio.get_running_loop(),
+                    pool_size=4, rotate_queries=10**6)
+    try:
+        futures = [ch.send(make_template(f"{i}.2.0.192.in-addr.arpa.", "PTR"))
+                   for i in range(12)]
+        results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 10)
+        assert ch.sockets_opened == 4
+    finally:
+        ch.close()
+    assert all(isinstance(r, PortUnreachable) for r in results), results
+    assert ch.in_flight == 0

@@ -20,7 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fakedns import make_reply, rrset
 
 from probe.observation import EdeObs
-from probe.wire import EDNS_PAYLOAD, QueryTemplate, make_template, parse_reply, plainly_secure
+from probe.wire import (
+    EDNS_PAYLOAD,
+    QueryTemplate,
+    TemplateCache,
+    make_template,
+    parse_reply,
+    plainly_secure,
+)
 
 QNAME = "1.2.0.192.in-addr.arpa."
 ZONE = "2.0.192.in-addr.arpa."
@@ -93,6 +100,46 @@ def test_with_id_changes_only_the_first_two_bytes(qid: int) -> None:
     assert msg.flags == dns.flags.RD | dns.flags.CD
 
 
+# -- TemplateCache -----------------------------------------------------------------------------
+
+def test_template_cache_builds_once_and_reuses() -> None:
+    cache = TemplateCache()
+    t = cache.get(QNAME, "PTR")
+    assert cache.get(QNAME, "PTR") is t
+    assert cache.get(QNAME, "PTR", cd=True) is not t
+    assert cache.get(QNAME, "PTR", cd=True).cd
+    assert len(cache) == 2
+    assert cache.maxsize == 4096
+
+
+def test_template_cache_is_bounded_least_recently_used_out() -> None:
+    cache = TemplateCache(maxsize=3)
+    a, b, c = (cache.get(f"{i}.example.", "A") for i in "abc")
+    assert cache.get("a.example.", "A") is a  # used again: now the most recent
+    d = cache.get("d.example.", "A")
+    assert len(cache) == 3
+    assert cache.get("a.example.", "A") is a and cache.get("c.example.", "A") is c
+    assert cache.get("d.example.", "A") is d
+    # b was the least recently used: gone, built again on demand
+    b2 = cache.get("b.example.", "A")
+    assert b2 is not b and b2 == b
+    assert len(cache) == 3
+
+
+def test_template_cache_stays_bounded_under_many_learnt_names() -> None:
+    cache = TemplateCache(maxsize=64)
+    for i in range(1000):  # e.g. name server names from hostile NS replies
+        cache.get(f"ns{i}.example.", "A", rd=False)
+        assert len(cache) <= 64
+    assert len(cache) == 64
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_template_cache_needs_room(size: int) -> None:
+    with pytest.raises(ValueError):
+        TemplateCache(maxsize=size)
+
+
 # -- matches_question --------------------------------------------------------------------------
 
 def test_matches_question_accepts_own_reply_and_0x20_mixed_case() -> None:
@@ -150,6 +197,38 @@ def test_plainly_secure_for_noerror_ad_answer_with_empty_opt() -> None:
     assert plainly_secure(_secure_reply(do=True))
     msg = dns.message.from_wire(_secure_reply())
     assert msg.flags & dns.flags.RA and msg.flags & dns.flags.RD
+
+
+def test_plainly_secure_with_the_matched_template_remembers_the_shape() -> None:
+    tmpl = make_template(QNAME, "PTR")
+    reply = _secure_reply(do=True)
+    assert tmpl.matches_question(reply)
+    assert tmpl.shape[0] is None
+    assert plainly_secure(reply, tmpl)
+    assert tmpl.shape[0] is not None
+    # Another ID, other TTLs (a cache counting down): the remembered shape.
+    later = dns.message.from_wire(reply)
+    later.id = 0x4321
+    for r in later.answer:
+        r.ttl = 17
+    again = later.to_wire()
+    assert again != reply and len(again) == len(reply)
+    assert plainly_secure(again, tmpl)
+    # The template is still equal to and hashes like a fresh one.
+    fresh = make_template(QNAME, "PTR")
+    assert fresh == tmpl and hash(fresh) == hash(tmpl)
+
+
+def test_plainly_secure_for_a_signed_answer_with_ns_in_authority() -> None:
+    q = _query(make_template(QNAME, "PTR"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    dnskey = dns.dnssec.make_dnskey(key.public_key(), ALG)
+    ptr = rrset(QNAME, "PTR", "host.example.")
+    ns = rrset(ZONE, "NS", "ns1.example.", "ns2.example.")
+    wire = make_reply(q, answer=[ptr, _sign(ptr, key, dnskey)],
+                      authority=[ns, _sign(ns, key, dnskey)], do=True)
+    assert plainly_secure(wire)
+    assert plainly_secure(wire, make_template(QNAME, "PTR"))
 
 
 def _patch_byte(wire: bytes, index: int, value: int) -> bytes:

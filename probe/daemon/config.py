@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from probe.errors import ConfigError
-from probe.resolvers import parse_hostport
+from probe.resolvers import decode_utf8, parse_hostport
 
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 
@@ -214,7 +214,12 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     elif want is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad("a number")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range
+            raise bad("a finite number") from None
+        if not math.isfinite(value):  # TOML allows inf and nan
+            raise bad("a finite number")
     elif want is str:
         if not isinstance(value, str):
             raise bad("a string")
@@ -244,11 +249,11 @@ def load_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file into checked key/values (unknown keys rejected)."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file ({exc.strerror})", path=str(p)) from None
-    except UnicodeDecodeError:
-        raise ConfigError("config file is not UTF-8 text", path=str(p)) from None
+    try:
+        data = tomllib.loads(decode_utf8(raw, str(p), "config file"))
     except tomllib.TOMLDecodeError as exc:
         # tomllib says "... (at line N, column M)": keep it, it is the file:line the user needs.
         raise ConfigError(f"not valid TOML: {exc}", path=str(p)) from None
