@@ -311,8 +311,23 @@ def codes(as_json: bool) -> None:
     console.print("diagnoses: " + ", ".join(k.value for k in DiagnosisKind))
 
 
+def _raise_fd_limit() -> None:
+    """Each resolver gets a small pool of sockets (source-port rotation): many resolvers need
+    more than the usual soft limit of 1024 descriptors. Raise it to the hard limit (capped)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry; usage and config errors exit 3 (monitoring-plugin UNKNOWN)."""
+    _raise_fd_limit()
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="dnssec-probe",
                  standalone_mode=False)

@@ -32,6 +32,7 @@ MAX_ZONE_LOOKUPS = 32  # A/AAAA lookups per zone: 8 names x 2 types x 2 resolver
 MAX_SWEEP_LOOKUPS = 200  # A/AAAA lookups per sweep, all zones (lookups are shared by zones)
 
 SOURCE_ZONES_FILE = "zones-file"
+_ANSWERED = (0, 3)  # NOERROR, NXDOMAIN: an answer, even if empty
 SOURCE_DISCOVERED = "discovered"  # Evidence.auth_resolvers names the resolvers that agreed
 
 
@@ -223,11 +224,11 @@ class Investigator:
         if len(names) > len(chosen):
             notes.append(f"NS set of {zone.name} has {len(names)} names: looked up the first "
                          f"{len(chosen)} (sorted)")
-        servers = await self._agreed_addresses(chosen, [r for r, _ in voters], notes)
+        servers, confirmed = await self._agreed_addresses(chosen, [r for r, _ in voters],
+                                                          notes)
         if not servers:
             notes.append(f"no usable address agreed for the name servers of {zone.name}")
-        return Discovery(servers, SOURCE_DISCOVERED, tuple(notes),
-                         tuple(sorted(r.name for r, _ in voters)))
+        return Discovery(servers, SOURCE_DISCOVERED, tuple(notes), tuple(sorted(confirmed)))
 
     async def _ns_votes(self, zone: ZoneSpec, order: list[ResolverSpec]
                         ) -> list[tuple[ResolverSpec, frozenset[str]]]:
@@ -258,8 +259,10 @@ class Investigator:
         return task
 
     async def _agreed_addresses(self, names: list[str], voters: list[ResolverSpec],
-                                notes: list[str]) -> tuple[tuple[str, int], ...]:
-        """Addresses of `names` that every voter gives (for the same name), public only."""
+                                notes: list[str]
+                                ) -> tuple[tuple[tuple[str, int], ...], set[str]]:
+        """Addresses of `names` that every voter able to answer gives (for the same name),
+        public only, and the voters whose answers chose them."""
         wanted = [(name, rtype, r) for name in names for rtype in ("A", "AAAA") for r in voters]
         # Name by name, so a cut-off budget still leaves whole votes for the first names.
         tasks: list[tuple[str, ResolverSpec, asyncio.Task[Observation]]] = []
@@ -281,16 +284,34 @@ class Investigator:
                          f"{skipped} not sent")
         results = await asyncio.gather(*(t for _, _, t in tasks))
         given: dict[tuple[str, str], set[str]] = {}
+        failed: dict[tuple[str, str], bool] = {}  # every lookup sent for (name, voter) failed
         for (name, r, _), obs in zip(tasks, results, strict=True):
             given.setdefault((name, r.name), set()).update(_addresses(obs))
+            answered = obs.outcome is Outcome.REPLY and obs.rcode in _ANSWERED
+            failed[(name, r.name)] = failed.get((name, r.name), True) and not answered
         addrs: list[str] = []
+        confirmed: set[str] = set()
         for name in names:
-            votes = [given.get((name, r.name), set()) for r in voters]
-            agreed = set.intersection(*votes) if votes else set()
-            addrs.extend(sorted(a for a in agreed if self._may_ask(a)))
+            # A voter that could not answer (timeout, or SERVFAIL: PowerDNS refuses even CD=1
+            # answers inside a zone it finds bogus, and the name servers are often in it)
+            # abstains rather than vetoes; its silence is noted. An empty answer still votes.
+            present = [r for r in voters if not failed.get((name, r.name), False)]
+            if len(present) < len(voters):
+                silent = ", ".join(r.name for r in voters if r not in present)
+                notes.append(f"{silent} could not look up {name}: its addresses are "
+                             + ("confirmed by " + ", ".join(r.name for r in present)
+                                if len(present) > 1 else
+                                "not confirmed by a second resolver" if present else
+                                "unknown"))
+            votes = [given.get((name, r.name), set()) for r in present]
+            agreed = sorted(a for a in set.intersection(*votes) if self._may_ask(a)) \
+                if votes else []
+            if agreed:
+                addrs.extend(agreed)
+                confirmed.update(r.name for r in present)
         # IPv4 first: more hosts have it; unreachable IPv6 servers are simply skipped.
         addrs.sort(key=lambda a: ":" in a)
-        return tuple((a, 53) for a in dict.fromkeys(addrs))
+        return tuple((a, 53) for a in dict.fromkeys(addrs)), confirmed
 
     def _may_ask(self, address: str) -> bool:
         return may_ask(address, allow_local=self.allow_local_auth)

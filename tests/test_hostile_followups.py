@@ -367,6 +367,27 @@ async def test_address_lie_by_one_of_two_resolvers_is_not_used(recorder: Recorde
     assert not [d for d in recorder.sent if d[1] == 53]
 
 
+async def test_resolver_failing_address_lookup_abstains(recorder: Recorder) -> None:
+    """Name servers inside a zone PowerDNS finds bogus: it gave the NS set (cached before the
+    cut-over) but SERVFAILs the address lookup. It abstains; it does not veto the other."""
+    def refuse_addresses(req: Request) -> bytes:
+        q = req.message
+        if q.question[0].rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            return make_reply(q, rcode=dns.rcode.SERVFAIL, ad=False)
+        return fake_resolver(lambda zone: ["ns1.example."], one_address)(req)
+
+    with FakeDNS(authoritative) as auth, FakeDNS(refuse_addresses) as p, \
+            FakeDNS(honest()) as g1:
+        recorder.routes = {"127.0.0.10": auth.port}
+        results = await sweep({"pdns": p, "g1": g1})
+    for r in results:
+        assert r.evidence is not None
+        assert (r.evidence.auth_source, r.evidence.auth_resolvers) == ("discovered", ("g1",))
+        assert [a.address for a in r.evidence.auth] == ["127.0.0.10"]
+        assert any("pdns could not look up ns1.example." in n
+                   and "not confirmed by a second resolver" in n for n in r.evidence.notes)
+
+
 async def test_resolver_refusing_ns_is_passed_over(recorder: Recorder) -> None:
     """PowerDNS answers SERVFAIL even with CD=1 for a zone it finds bogus: ask the next."""
     pdns = fake_resolver(lambda zone: None, one_address)
