@@ -49,6 +49,14 @@ class DiagnosisKind(StrEnum):
     """Why a validating resolver failed, as far as the follow-up questions can tell."""
 
     STALE_DNSKEY_CACHE = "stale-dnskey-cache"
+    # The resolver's cached DS matches no KSK the zone now publishes; the parent's DS does.
+    STALE_DS_CACHE = "stale-ds-cache"
+    # The resolver's cached DNSKEY set has no key the parent's current DS points to.
+    STALE_DNSKEY_VS_DS = "stale-dnskey-vs-ds"
+    # The zone's authoritative servers serve different DNSKEY sets or signing keys.
+    INCONSISTENT_SOURCES = "inconsistent-sources"
+    # No DS at the parent: an insecure delegation (or an island), never a stale-key case.
+    INSECURE_DELEGATION = "insecure-delegation"
     BOGUS_AT_SOURCE = "bogus-at-source"
     UNKNOWN = "unknown"
 
@@ -77,6 +85,15 @@ REASONS: dict[str, Reason] = {
         _r("cd-data", "SERVFAIL, but the same query with CD=1 returns data", "RFC 4035 §3.2.2"),
         _r("diagnosed", "SERVFAIL explained by the diagnosis (validation failure)", "RFC 4035 §5"),
         _r("servfail-unexplained", "SERVFAIL with no sign of a validation failure", "RFC 1035 §4.1.1"),
+        _r("ede-insecure", "the resolver treated the zone as insecure: unsupported DNSKEY "
+           "algorithm or DS digest type (EDE 1, 2)", "RFC 8914 §4.2-4.3; RFC 4035 §5.2"),
+        _r("stale-answer", "an answer served from cache past its TTL (serve-stale, EDE 3): "
+           "the resolver could not refresh it", "RFC 8767 §4; RFC 8914 §4.4"),
+        _r("not-validating", "the resolver answered a name that must fail validation: it does "
+           "not validate, so an answer without AD says nothing about the zone",
+           "RFC 4035 §4.9.3, §5"),
+        _r("ruled-out", "SERVFAIL that the diagnosis shows is not a validation failure (e.g. "
+           "the zone is unsigned), even though the CD=1 query returned data", "RFC 4035 §3.2.2"),
         _r("refused", "the resolver answered REFUSED", "RFC 1035 §4.1.1"),
         _r("unexpected-rcode", "an rcode other than NOERROR/NXDOMAIN/SERVFAIL/REFUSED", "RFC 6895 §2.3"),
         _r("answer-owner-mismatch",
@@ -112,6 +129,24 @@ REASONS: dict[str, Reason] = {
            "RFC 4035 §5.2; EDE 9"),
         _r("zone-unsigned", "no DNSKEY at the source and no DS in the parent",
            "RFC 4035 §4.3"),
+        _r("ds-stale-cached", "the resolver's cached DS matches no KSK the zone publishes; the "
+           "parent's current DS does", "RFC 4035 §5.2; RFC 7583 §3.3.3; EDE 9"),
+        _r("dnskey-stale-for-ds", "the resolver's cached DNSKEY set has no key that the "
+           "parent's current DS matches", "RFC 4035 §5.2; RFC 7583 §3.3.4"),
+        _r("sources-disagree", "the zone's authoritative servers serve different DNSKEY sets "
+           "or sign with different keys", "RFC 1034 §4.3.5; RFC 6781 §4.1"),
+        _r("no-ds-at-parent", "the parent's servers hold no DS for the zone: an insecure "
+           "delegation, so a validator does not use the zone's keys", "RFC 4035 §5.2; RFC 4033 §5"),
+        _r("keytag-collision", "two different keys share one key tag; keys were compared by "
+           "their full RDATA", "RFC 4034 Appendix B; RFC 4035 §5.3.1"),
+        _r("via-cname", "the answer is a CNAME (or DNAME) into another zone: diagnosed where the "
+           "validated data lives", "RFC 1034 §3.6.2; RFC 2317; RFC 6672"),
+        _r("not-a-zone-apex", "the zones.txt entry has no SOA of its own: it is not a zone apex",
+           "RFC 1034 §4.2.1"),
+        _r("probe-clock-skew", "signature times were judged with the clock-skew allowance; the "
+           "probe's clock differs from the signer's", "RFC 6781 §4.4.2.1; RFC 4035 §5.3.1"),
+        _r("instances-differ", "the follow-up questions were answered by different instances "
+           "(NSID) of an anycast resolver", "RFC 5001 §2; RFC 4786"),
         _r("no-authoritative-data", "the authoritative servers could not be asked", "RFC 1034 §4.3.2"),
         _r("cache-hidden", "the resolver would not show its cached DNSKEY set (CD=1)",
            "RFC 4035 §3.2.2"),
@@ -126,7 +161,11 @@ REASONS: dict[str, Reason] = {
 }
 
 # Extended DNS Error codes that mean "DNSSEC validation failed" (RFC 8914 §4).
-EDE_DNSSEC_FAILURE: frozenset[int] = frozenset({1, 2, 5, 6, 7, 8, 9, 10, 11, 12})
+# 1 and 2 (unsupported algorithm / digest) mean the zone is treated as insecure (RFC 4035 §5.2),
+# not failed; 27 (NSEC3 iterations, RFC 9276 §3.2) fails only when the rcode is SERVFAIL.
+EDE_DNSSEC_FAILURE: frozenset[int] = frozenset({5, 6, 7, 8, 9, 10, 11, 12, 25, 27})
+EDE_INSECURE: frozenset[int] = frozenset({1, 2})
+EDE_STALE: frozenset[int] = frozenset({3, 19})
 
 EDE_NAMES: dict[int, str] = {
     0: "Other Error",
@@ -154,4 +193,10 @@ EDE_NAMES: dict[int, str] = {
     22: "No Reachable Authority",
     23: "Network Error",
     24: "Invalid Data",
+    25: "Signature Expired before Valid",
+    26: "Too Early",
+    27: "Unsupported NSEC3 Iterations Value",
+    28: "Unable to conform to policy",
+    29: "Synthesized",
+    30: "Invalid Query Type",
 }

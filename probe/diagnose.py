@@ -39,15 +39,33 @@ class AuthEvidence:
     address: str
     dnskey: Observation | None
     answer: Observation | None
+    soa: Observation | None = None  # the zone's SOA (RD=0): its serial tells versions apart
 
     def to_dict(self) -> dict[str, Any]:
         return {"address": self.address,
                 "dnskey": self.dnskey.to_dict() if self.dnskey else None,
-                "answer": self.answer.to_dict() if self.answer else None}
+                "answer": self.answer.to_dict() if self.answer else None,
+                "soa": self.soa.to_dict() if self.soa else None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AuthEvidence:
-        return cls(str(d["address"]), _obs(d.get("dnskey")), _obs(d.get("answer")))
+        return cls(str(d["address"]), _obs(d.get("dnskey")), _obs(d.get("answer")),
+                   _obs(d.get("soa")))
+
+
+@dataclass(frozen=True, slots=True)
+class ParentEvidence:
+    """What one server of the parent zone said about the zone's DS RRset (RD=0)."""
+
+    address: str
+    ds: Observation | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"address": self.address, "ds": self.ds.to_dict() if self.ds else None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ParentEvidence:
+        return cls(str(d["address"]), _obs(d.get("ds")))
 
 
 def _obs(d: dict[str, Any] | None) -> Observation | None:
@@ -70,6 +88,12 @@ class Evidence:
     # "discovered": the resolvers whose NS and address answers agreed (two, or one when no
     # second resolver answered); never only the resolver under test when another answered.
     auth_resolvers: tuple[str, ...] = ()
+    parent: str | None = None  # the parent zone's name, when it was found
+    parent_ds: tuple[ParentEvidence, ...] = ()  # the DS as each parent server serves it
+    zone_soa: Observation | None = None  # SOA of the zone name at the resolver, CD=1 (apex?)
+    # Where the validated data lives when that is another zone (a CNAME/DNAME target, or
+    # the RRSIG signer name below a further cut): the same follow-ups, asked there.
+    signer: Evidence | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +105,10 @@ class Evidence:
             "auth_source": self.auth_source,
             "auth_resolvers": list(self.auth_resolvers),
             "notes": list(self.notes),
+            "parent": self.parent,
+            "parent_ds": [p.to_dict() for p in self.parent_ds],
+            "zone_soa": self.zone_soa.to_dict() if self.zone_soa else None,
+            "signer": self.signer.to_dict() if self.signer else None,
         }
 
     @classmethod
@@ -93,6 +121,10 @@ class Evidence:
             auth_source=str(d.get("auth_source", "none")),
             auth_resolvers=tuple(str(r) for r in d.get("auth_resolvers", ())),
             notes=tuple(str(n) for n in d.get("notes", ())),
+            parent=None if d.get("parent") is None else str(d["parent"]),
+            parent_ds=tuple(ParentEvidence.from_dict(x) for x in d.get("parent_ds", ())),
+            zone_soa=_obs(d.get("zone_soa")),
+            signer=None if d.get("signer") is None else Evidence.from_dict(d["signer"]),
         )
 
 
@@ -107,6 +139,12 @@ class Diagnosis:
     recovers_in_s: int | None  # from `now` passed to diagnose()
     recovers_at: float | None  # wall clock
     detail: str
+    # The zone diagnosed, when it is not the check's zone (a CNAME target, a signer below a cut).
+    zone: str | None = None
+    ds_keytags: tuple[int, ...] = ()  # the parent's current DS, as its servers serve it
+    cached_ds_keytags: tuple[int, ...] = ()
+    cached_ds_ttl: int | None = None
+    clock_skew_s: int | None = None  # observed probe-vs-signer skew, when the allowance was used
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,6 +157,11 @@ class Diagnosis:
             "recovers_in_s": self.recovers_in_s,
             "recovers_at": self.recovers_at,
             "detail": self.detail,
+            "zone": self.zone,
+            "ds_keytags": list(self.ds_keytags),
+            "cached_ds_keytags": list(self.cached_ds_keytags),
+            "cached_ds_ttl": self.cached_ds_ttl,
+            "clock_skew_s": self.clock_skew_s,
         }
 
 

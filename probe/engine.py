@@ -40,9 +40,15 @@ class EngineConfig:
     dead_after: int = 6  # consecutive timeouts before a lane stops sending
     diagnose: bool = True
     full_parse: bool = False  # parse every reply, even plainly secure ones
-    max_auth_servers: int = 3
+    max_auth_servers: int = 16  # every address of every NS, bounded (issue 8)
     # Ask authoritative servers at non-public addresses learnt from NS lookups (labs only).
     allow_local_auth: bool = False
+    # Once per run and resolver: a name that must fail validation and one that must validate,
+    # "NAME" or "NAME/TYPE" (None: the built-in default for known resolvers, or none).
+    control_bogus: str | None = None
+    control_secure: str | None = None
+    # Signature inception/expiration are judged with this allowance (resolvers allow similar).
+    clock_skew: float = 3600.0
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -53,6 +59,7 @@ class EngineConfig:
             (0 <= self.retries <= 10, "retries must be in [0, 10]"),
             (self.dead_after >= 1, "dead_after must be >= 1"),
             (self.max_auth_servers >= 1, "max_auth_servers must be >= 1"),
+            (0 <= self.clock_skew <= 86400, "clock_skew must be in [0, 86400] seconds"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -78,6 +78,8 @@ class Observation:
     # False when only the fixed header was read (plainly secure reply on the hot path).
     parsed: bool = True
     detail: str = ""
+    # NSID (RFC 5001) of the instance that answered: printable ASCII as is, else hex.
+    nsid: str | None = None
 
     @property
     def ad(self) -> bool:
@@ -123,6 +125,7 @@ class Observation:
             "authority": [_rrset_to_dict(r) for r in self.authority],
             "parsed": self.parsed,
             "detail": self.detail,
+            "nsid": self.nsid,
         }
 
     @classmethod
@@ -147,6 +150,7 @@ class Observation:
             authority=tuple(_rrset_from_dict(r) for r in d.get("authority", ())),
             parsed=bool(d.get("parsed", True)),
             detail=str(d.get("detail", "")),
+            nsid=None if d.get("nsid") is None else str(d["nsid"]),
         )
 
 
