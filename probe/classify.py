@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from probe.codes import EDE_DNSSEC_FAILURE, SEVERITY, DiagnosisKind, Severity, Verdict
+from probe.codes import (
+    EDE_DNSSEC_FAILURE,
+    EDE_INSECURE,
+    EDE_STALE,
+    SEVERITY,
+    DiagnosisKind,
+    Severity,
+    Verdict,
+)
 from probe.diagnose import Diagnosis
 from probe.observation import Observation, Outcome, RRsetObs
 
@@ -83,6 +91,36 @@ def _ad_noerror(obs: Observation) -> Classification:
     return Classification(Verdict.ERROR, "answer-owner-mismatch")
 
 
+# Diagnoses that explain a SERVFAIL as a validation failure (RFC 4035 §5).
+VALIDATION_FAILURES: frozenset[DiagnosisKind] = frozenset({
+    DiagnosisKind.STALE_DNSKEY_CACHE, DiagnosisKind.STALE_DS_CACHE,
+    DiagnosisKind.STALE_DNSKEY_VS_DS, DiagnosisKind.INCONSISTENT_SOURCES,
+    DiagnosisKind.BOGUS_AT_SOURCE,
+})
+# Diagnosis reasons that rule DNSSEC out: nothing was there to validate (RFC 4035 §4.3, §5.2).
+RULED_OUT_REASONS: frozenset[str] = frozenset({"zone-unsigned", "no-ds-at-parent"})
+
+# EDE (RFC 8914) is read by class, never by one exact code: implementations pick different
+# codes for the same failure, and Unbound sets EDE 9 (DNSKEY Missing) when a DNSKEY fetch merely
+# timed out. So a code only ever selects a class (failure / insecure / stale), and within a
+# class every code leads to the same verdict and reason.
+
+
+def _ede_classes(obs: Observation) -> tuple[bool, bool, bool]:
+    """(a DNSSEC-failure EDE, an insecure EDE (1, 2), a stale EDE (3, 19)) in the reply."""
+    codes = {e.code for e in obs.ede}
+    return (bool(codes & EDE_DNSSEC_FAILURE), bool(codes & EDE_INSECURE),
+            bool(codes & EDE_STALE))
+
+
+def rules_out_dnssec(diagnosis: Diagnosis | None) -> bool:
+    """The diagnosis shows there was nothing to validate: unsigned zone or insecure delegation."""
+    if diagnosis is None:
+        return False
+    return (diagnosis.kind is DiagnosisKind.INSECURE_DELEGATION
+            or bool(RULED_OUT_REASONS.intersection(diagnosis.reasons)))
+
+
 def classify(
     obs: Observation,
     *,
@@ -96,22 +134,40 @@ def classify(
         verdict, reason = _OUTCOME_VERDICT[obs.outcome]
         return Classification(verdict, reason)
     rcode = obs.rcode
+    failed_ede, insecure_ede, stale_ede = _ede_classes(obs)
     if rcode in (RCODE_NOERROR, RCODE_NXDOMAIN):
         if obs.ad:
-            if rcode == RCODE_NXDOMAIN:
-                return Classification(Verdict.SECURE, "ad-denial")
-            return _ad_noerror(obs)
+            cls = (Classification(Verdict.SECURE, "ad-denial") if rcode == RCODE_NXDOMAIN
+                   else _ad_noerror(obs))
+            # Serve-stale (RFC 8767): validated once, but the resolver could not refresh it.
+            if stale_ede and cls.verdict is Verdict.SECURE:
+                return Classification(Verdict.SECURE, "stale-answer")
+            return cls
+        if insecure_ede:
+            # Unsupported algorithm / digest: the resolver treats the zone as insecure (RFC 4035
+            # §5.2) - an answer about the resolver's algorithm support, not a plain "no AD".
+            return Classification(Verdict.INSECURE, "ede-insecure")
+        if stale_ede:
+            return Classification(Verdict.INSECURE, "stale-answer")
         return Classification(Verdict.INSECURE, "no-ad")
     if rcode == RCODE_REFUSED:
         return Classification(Verdict.REFUSED, "refused")
     if rcode == RCODE_SERVFAIL:
         # EDE is a bonus, not a requirement: BIND 9.18 and PowerDNS 4.8 send none on a bogus answer.
-        if any(e.code in EDE_DNSSEC_FAILURE for e in obs.ede):
+        # Any code of the failure class counts (see the EDE comment above).
+        if failed_ede:
             return Classification(Verdict.BOGUS, "ede-dnssec")
-        if diagnosis is not None and diagnosis.kind in (
-            DiagnosisKind.STALE_DNSKEY_CACHE, DiagnosisKind.BOGUS_AT_SOURCE
-        ):
+        if diagnosis is not None and diagnosis.kind in VALIDATION_FAILURES:
             return Classification(Verdict.BOGUS, "diagnosed")
+        if insecure_ede:
+            # The resolver says it treated the zone as insecure, so this SERVFAIL is not a
+            # validation failure; but the client got no answer, so it stays a (critical)
+            # SERVFAIL rather than "insecure" - and a CD=1 answer does not make it bogus.
+            return Classification(Verdict.SERVFAIL, "ede-insecure")
+        if rules_out_dnssec(diagnosis):
+            # An unsigned zone cannot fail validation: the CD=1 data proves only that the
+            # upstream answered the second time (a transient failure), not that DNSSEC failed.
+            return Classification(Verdict.SERVFAIL, "ruled-out")
         if (
             cd_answer is not None
             and cd_answer.outcome is Outcome.REPLY
@@ -123,10 +179,17 @@ def classify(
     return Classification(Verdict.ERROR, "unexpected-rcode")
 
 
-def severity(verdict: Verdict, expect: Verdict = Verdict.SECURE) -> Severity:
-    """Monitoring severity; a zone expected to be insecure is fine when it is insecure."""
-    if verdict is Verdict.INSECURE and expect is Verdict.INSECURE:
-        return Severity.OK
-    if verdict is Verdict.SECURE and expect is Verdict.INSECURE:
-        return Severity.OK
-    return SEVERITY[verdict]
+def severity(verdict: Verdict, expect: Verdict = Verdict.SECURE,
+             reason: str | None = None) -> Severity:
+    """Monitoring severity; a zone expected to be insecure is fine when it is insecure.
+
+    A stale answer (serve-stale) is a warning even when it validated: the resolver could not
+    refresh the data. (A non-validating resolver is reported once per resolver, not here.)
+    """
+    if verdict in (Verdict.INSECURE, Verdict.SECURE) and expect is Verdict.INSECURE:
+        base = Severity.OK
+    else:
+        base = SEVERITY[verdict]
+    if reason == "stale-answer" and base is Severity.OK:
+        return Severity.WARNING
+    return base

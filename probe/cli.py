@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+import dns.exception
+import dns.name
+import dns.rdatatype
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -24,7 +27,15 @@ from probe.codes import REASONS, SEVERITY, DiagnosisKind, Verdict
 from probe.daemon.config import DaemonConfig
 from probe.engine import CheckResult, Engine, EngineConfig
 from probe.errors import ConfigError
-from probe.report import EXIT_UNKNOWN, exit_status, plain, render_table, to_json, visible
+from probe.report import (
+    EXIT_UNKNOWN,
+    exit_status,
+    plain,
+    render_table,
+    render_view,
+    to_json,
+    visible,
+)
 from probe.resolvers import (
     DEFAULT_RESOLVERS,
     ResolverSpec,
@@ -117,6 +128,40 @@ def _run_loop() -> None:
         pass
 
 
+def show_progress(err: Console, *, as_json: bool) -> bool:
+    """A progress bar only for a person watching: stderr is a terminal and the output is not
+    JSON for a script."""
+    return err.is_terminal and not as_json
+
+
+def _control_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """NAME or NAME/TYPE, checked before anything is sent; passed on as given."""
+    if value is None:
+        return None
+    name, slash, qtype = value.rpartition("/")
+    if not slash or "." in qtype:
+        # No type: a slash inside a label is part of the name (RFC 2317 "0/26.2.0.192...").
+        name = value
+    elif not _known_type(qtype):
+        raise click.BadParameter(f"{visible(value)!r}: {visible(qtype)!r} is not a DNS type")
+    try:
+        dns.name.from_text(name)
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise click.BadParameter(f"{visible(value)!r} is not a domain name[/TYPE]: "
+                                 f"{exc.__class__.__name__}") from None
+    if not value.isprintable() or not name.strip("."):
+        raise click.BadParameter(f"{visible(value)!r} is not a domain name[/TYPE]")
+    return value
+
+
+def _known_type(text: str) -> bool:
+    try:
+        dns.rdatatype.from_text(text)
+    except (dns.exception.DNSException, ValueError):
+        return False
+    return bool(text)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dnssec-probe")
 def cli() -> None:
@@ -148,10 +193,22 @@ def cli() -> None:
 @click.option("--allow-local-auth", is_flag=True,
               help="Let the diagnosis ask authoritative servers at non-public addresses "
                    "found through NS lookups (labs; zones.txt ns= is always allowed).")
+@click.option("--control-bogus", metavar="NAME[/TYPE]", callback=_control_name,
+              help="A name that must fail validation, asked once per resolver: a resolver "
+                   "that answers it does not validate.")
+@click.option("--control-secure", metavar="NAME[/TYPE]", callback=_control_name,
+              help="A name that must validate, asked once per resolver.")
+@click.option("--clock-skew", type=FiniteFloat(0), default=3600.0, show_default=True,
+              metavar="SECONDS",
+              help="Allowance for this host's clock in signature-time judgements.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Print every (zone, resolver) row instead of problems and a matrix.")
 def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[str, ...],
           resolver_files: tuple[str, ...], with_defaults: bool, ipv4: bool, ipv6: bool,
           as_json: bool, raw: bool, qps: float, timeout: float, retries: int, inflight: int,
-          no_diagnose: bool, full_parse: bool, allow_local_auth: bool) -> None:
+          no_diagnose: bool, full_parse: bool, allow_local_auth: bool,
+          control_bogus: str | None, control_secure: str | None, clock_skew: float,
+          show_all: bool) -> None:
     """Check ZONES (default: every zone in zones.txt) against every resolver, once."""
     if ipv4 and ipv6:
         raise click.UsageError("-4 and -6 exclude each other")
@@ -163,7 +220,8 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
     resolvers = _resolvers(resolver_specs, resolver_files, with_defaults, family)
     config = EngineConfig(qps=qps, timeout=timeout, retries=retries, max_inflight=inflight,
                           diagnose=not no_diagnose, full_parse=full_parse,
-                          allow_local_auth=allow_local_auth)
+                          allow_local_auth=allow_local_auth, control_bogus=control_bogus,
+                          control_secure=control_secure, clock_skew=clock_skew)
     engine = Engine(config)
     err = Console(stderr=True)
     collected: list[CheckResult] = []
@@ -171,7 +229,8 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
     interrupted = False
     _run_loop()
     with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bar:
+                  console=err, transient=True,
+                  disable=not show_progress(err, as_json=as_json)) as bar:
         task = bar.add_task("sweep", total=total)
 
         def progress(r: CheckResult) -> None:
@@ -186,12 +245,18 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
             results, interrupted = collected, True
         except Exception as exc:  # a bug must not lose what was already collected
             results, interrupted, failure = collected, True, exc
+    # Set by the engine when a resolver answered the bogus control; absent in older engines.
+    not_validating: dict[str, str] = dict(getattr(engine, "not_validating", None) or {})
     if as_json:
-        click.echo(to_json(results, raw=raw, interrupted=interrupted))
+        click.echo(to_json(results, raw=raw, interrupted=interrupted,
+                           not_validating=not_validating))
     else:
         # Piped output (logs, mail) gets a wide table instead of rich's 80-column default.
         out = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
-        render_table(results, out)
+        if show_all:
+            render_table(results, out)
+        else:
+            render_view(results, out, not_validating=not_validating)
     if failure is not None:
         click.echo(f"dnssec-probe: internal error: {failure.__class__.__name__}: "
                    f"{visible(str(failure))}", err=True)
@@ -207,7 +272,7 @@ def _config_options(f: Callable[..., None]) -> Callable[..., None]:
 
     hints = typing.get_type_hints(DaemonConfig)
     for key in reversed(list(FIELDS)):
-        fld, want = FIELDS[key], hints[key]
+        fld, want = FIELDS[key], _unwrap_optional(hints[key])
         help_text = fld.metadata["help"]
         flag = flag_name(key)
         if want is bool:
@@ -220,6 +285,14 @@ def _config_options(f: Callable[..., None]) -> Callable[..., None]:
             opt = click.option(flag, key, multiple=True, help=help_text + " (repeatable)")
         f = opt(f)
     return f
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    """`str | None` (e.g. control_bogus, unset by default) takes a flag like `str`."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) == 1 and type(None) in typing.get_args(hint):
+        return args[0]
+    return hint
 
 
 @cli.command()

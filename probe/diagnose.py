@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dns.dnssec
@@ -216,14 +216,16 @@ class _Work:
     cut: dict[str, None] = field(default_factory=dict)  # what was cut short, for people
     keysets: dict[RRsetObs, _KeySet] = field(default_factory=dict)
     verified: dict[tuple[RRsetKey, RRSIG, DNSKEY], bool] = field(default_factory=dict)
-    ds_digests: dict[tuple[DNSKEY, int], bytes | None] = field(default_factory=dict)
+    ds_digests: dict[tuple[str, DNSKEY, int], bytes | None] = field(default_factory=dict)
+    # Largest probe-vs-signer clock difference a verified signature needed from the allowance.
+    skew_used: float = 0.0
 
     def note_cut(self, what: str) -> None:
         self.cut[what] = None
 
     def verify(self, rrset: dns.rrset.RRset, sig: RRSIG, key: DNSKEY, origin: dns.name.Name,
                now: float) -> bool:
-        """One signature verification with one key, charged to the budget."""
+        """One signature verification with one key at time `now`, charged to the budget."""
         if self.verifications <= 0:
             self.note_cut(f"stopped after {MAX_VERIFICATIONS} signature verifications")
             raise _OutOfBudget
@@ -239,7 +241,7 @@ class _Work:
 
     def ds_digest(self, zone: str, key: DNSKEY, digest_type: int) -> bytes | None:
         """The digest a DS of `digest_type` would carry for `key`; computed once per key."""
-        memo = (key, digest_type)
+        memo = (zone.lower(), key, digest_type)  # the digest covers the owner name too
         if memo in self.ds_digests:
             return self.ds_digests[memo]
         if self.digests <= 0:
@@ -334,14 +336,16 @@ def _signed_bounded(obs: Observation | None, qname: str, qtype: str,
     return rrsets[:MAX_SIGNED_RRSETS]
 
 
-def _rrsig_tags(obs: Observation | None, qname: str, qtype: str, work: _Work) -> set[int]:
+def _rrsig_tags(obs: Observation | None, qname: str, qtype: str, work: _Work,
+                signer: dns.name.Name | None = None) -> set[int]:
+    """Key tags of the signatures over the reply; only those by `signer` when given."""
     tags: set[int] = set()
     for r in _signed_bounded(obs, qname, qtype, work):
         sigs, truncated = _sigs_bounded(r)
         if truncated:
             work.note_cut(f"{r.name} {r.rdtype}: {len(r.rrsigs)} RRSIGs, only the first "
                           f"{MAX_RDATAS} read")
-        tags.update(s.key_tag for s in sigs)
+        tags.update(s.key_tag for s in sigs if signer is None or s.signer == signer)
     return tags
 
 
@@ -376,6 +380,9 @@ class _SourceCheck:
     problems: tuple[str, ...]  # reason codes, each from a check that ran to its end
     notes: tuple[str, ...]
     limited: bool = False  # a check was cut short before it could conclude
+    # Signer names (RRSIG signer field) of data signed by a zone below this one: that data is
+    # judged in its own zone, not here.
+    elsewhere: tuple[str, ...] = ()
 
 
 def _may_sign(key: DNSKEY, sig: RRSIG) -> bool:
@@ -389,7 +396,7 @@ def _may_sign(key: DNSKEY, sig: RRSIG) -> bool:
 
 def _check_sigs(
     rrset_obs: RRsetObs, keys: _KeySet, origin: dns.name.Name, now: float, what: str,
-    work: _Work,
+    work: _Work, skew: float = 0.0,
 ) -> tuple[list[str], list[str], bool, bool]:
     """Return (problems, notes, any_valid, complete) for the signatures over one RRset; when no
     signature verifies and `complete` is False, the problems are not a verdict."""
@@ -409,13 +416,16 @@ def _check_sigs(
         return ["signature-invalid"], [f"{what} rdata could not be rebuilt"], False, True
     tried = 0
     for sig in sigs:
-        if sig.expiration < now:
+        # Validators allow for clock skew (Unbound, BIND: about an hour); so do we.
+        if sig.expiration < now - skew:
             problems.append("rrsig-expired")
-            notes.append(f"{what} RRSIG by key {sig.key_tag} expired {_ago(now - sig.expiration)}")
+            notes.append(f"{what} RRSIG by key {sig.key_tag} expired {_ago(now - sig.expiration)}"
+                         + _beyond(skew))
             continue
-        if sig.inception > now:
+        if sig.inception > now + skew:
             problems.append("rrsig-not-yet-valid")
-            notes.append(f"{what} RRSIG by key {sig.key_tag} valid only in {_ago(sig.inception - now)}")
+            notes.append(f"{what} RRSIG by key {sig.key_tag} valid only in "
+                         f"{_ago(sig.inception - now)}" + _beyond(skew))
             continue
         if sig.key_tag not in keys.tags:
             problems.append("rrsig-unknown-key")
@@ -452,11 +462,12 @@ def _check_sigs(
                         return (["signature-invalid"], [f"{what} rdata could not be rebuilt"],
                                 False, True)
                 try:
-                    ok = work.verify(rrset, sig, key, origin, now)
+                    ok = work.verify(rrset, sig, key, origin, _sig_time(sig, now))
                 except _OutOfBudget:
                     return problems, notes, False, False
                 work.verified[memo] = ok
             if ok:
+                _note_skew(sig, now, work)
                 valid = True
                 break
         if valid:
@@ -464,6 +475,20 @@ def _check_sigs(
         problems.append("signature-invalid")
         notes.append(f"{what} RRSIG by key {sig.key_tag} does not verify")
     return problems, notes, False, complete
+
+
+def _sig_time(sig: RRSIG, now: float) -> float:
+    """The time a signature is checked at: `now`, moved into its validity window when the
+    skew allowance (checked by the caller) covers the difference."""
+    return float(min(max(now, sig.inception), sig.expiration))
+
+
+def _note_skew(sig: RRSIG, now: float, work: _Work) -> None:
+    work.skew_used = max(work.skew_used, abs(now - _sig_time(sig, now)))
+
+
+def _beyond(skew: float) -> str:
+    return f", beyond the {int(skew)} s clock-skew allowance" if skew > 0 else ""
 
 
 def _ago(seconds: float) -> str:
@@ -491,18 +516,30 @@ def _match_ds(zone: str, keys: _KeySet, ds_list: list[DS], work: _Work
 
 
 def check_source(ev: AuthEvidence, ds_obs: Observation | None, zone: str, qname: str,
-                 qtype: str, now: float, work: _Work | None = None) -> _SourceCheck | None:
+                 qtype: str, now: float, work: _Work | None = None, *,
+                 clock_skew: float = 0.0) -> _SourceCheck | None:
     """Can the authoritative data validate on its own? None when the server gave no usable data
     (no reply, or not authoritative: one lame server must not make a zone look broken)."""
+    return _check_source(ev, _ds_texts(ds_obs, zone), zone, qname, qtype, now,
+                         _Work() if work is None else work, clock_skew)
+
+
+def _ds_texts(obs: Observation | None, zone: str) -> tuple[str, ...]:
+    if obs is None or obs.outcome is not Outcome.REPLY:
+        return ()
+    ds = obs.rrsets("DS", zone)
+    return ds[0].rdatas if ds else ()
+
+
+def _check_source(ev: AuthEvidence, ds_texts: tuple[str, ...], zone: str, qname: str,
+                  qtype: str, now: float, work: _Work, skew: float) -> _SourceCheck | None:
     if not authoritative(ev.dnskey):
         return None
     assert ev.dnskey is not None
-    work = _Work() if work is None else work
     origin = dns.name.from_text(zone)
     key_sets = ev.dnskey.rrsets("DNSKEY", zone)
-    ds_sets = ds_obs.rrsets("DS", zone) if ds_obs and ds_obs.outcome is Outcome.REPLY else []
     if not key_sets:
-        if ds_sets:
+        if ds_texts:
             return _SourceCheck(("dnskey-missing",), ("the parent has a DS but the zone serves no DNSKEY",))
         return _SourceCheck((), ("unsigned: no DNSKEY at the source and no DS in the parent",))
     key_obs = key_sets[0]
@@ -514,10 +551,9 @@ def check_source(ev: AuthEvidence, ds_obs: Observation | None, zone: str, qname:
     # DS -> DNSKEY: at least one DS in the parent must match a key here (RFC 4035 §5.2).
     sep = keys
     sep_complete = not keys.truncated
-    ds_parsed, ds_truncated = _parse(ds_sets[0].rdatas, "DS", origin) if ds_sets else ([], False)
+    ds_parsed, ds_truncated = _parse(ds_texts, "DS", origin)
     if ds_truncated:
-        work.note_cut(f"DS RRset of {len(ds_sets[0].rdatas)} records: only the first "
-                      f"{MAX_RDATAS} read")
+        work.note_cut(f"DS RRset of {len(ds_texts)} records: only the first {MAX_RDATAS} read")
     # A DS set with no digest or algorithm we (or any validator) support makes the zone insecure
     # rather than bogus (RFC 4035 §5.2, RFC 6840 §5.2): then there is nothing to check here.
     ds_list = [d for d in ds_parsed if isinstance(d, DS) and _ds_supported(d)]
@@ -538,7 +574,7 @@ def check_source(ev: AuthEvidence, ds_obs: Observation | None, zone: str, qname:
 
     # The DNSKEY RRset must be signed by a key the DS points at.
     if sep.keys:
-        p, n, ok, complete = _check_sigs(key_obs, sep, origin, now, "DNSKEY", work)
+        p, n, ok, complete = _check_sigs(key_obs, sep, origin, now, "DNSKEY", work, skew)
         if not ok:
             if complete and sep_complete:
                 problems.extend(p or ["dnskey-rrsig-invalid"])
@@ -548,10 +584,15 @@ def check_source(ev: AuthEvidence, ds_obs: Observation | None, zone: str, qname:
                 notes.append("DNSKEY RRset: no signature verified before the budget ran out")
 
     # The probed record (or the proof that it does not exist) must be signed by a zone key.
+    elsewhere: dict[str, None] = {}
     if authoritative(ev.answer) and keys.keys:
         for rrset in _signed_bounded(ev.answer, qname, qtype, work):
             what = f"{rrset.name} {rrset.rdtype}"
-            p, n, ok, complete = _check_sigs(rrset, keys, origin, now, what, work)
+            below = _signed_below(rrset, origin)
+            if below is not None:
+                elsewhere[below.to_text()] = None
+                continue
+            p, n, ok, complete = _check_sigs(rrset, keys, origin, now, what, work, skew)
             if not ok:
                 if complete and not keys.truncated:
                     problems.extend(p)
@@ -559,7 +600,18 @@ def check_source(ev: AuthEvidence, ds_obs: Observation | None, zone: str, qname:
                 else:
                     limited = True
                     notes.append(f"{what}: no signature verified before the budget ran out")
-    return _SourceCheck(tuple(dict.fromkeys(problems)), tuple(notes), limited)
+    return _SourceCheck(tuple(dict.fromkeys(problems)), tuple(notes), limited, tuple(elsewhere))
+
+
+def _signed_below(rrset: RRsetObs, origin: dns.name.Name) -> dns.name.Name | None:
+    """The signer name when every RRSIG over the RRset names one zone strictly below `origin`
+    (a server authoritative for parent and child answers from the child), else None."""
+    sigs, _ = _sigs_bounded(rrset)
+    signers = {s.signer for s in sigs}
+    if len(signers) != 1:
+        return None
+    signer = next(iter(signers))
+    return signer if signer != origin and signer.is_subdomain(origin) else None
 
 
 _DS_DIGESTS = frozenset({1, 2, 4})  # SHA-1, SHA-256, SHA-384 (RFC 8624 §3.3: validate all)
@@ -575,65 +627,276 @@ def format_tags(ts: Iterable[int]) -> str:
     return ", ".join(str(t) for t in sorted(ts)) or "none"
 
 
-def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
-    """Classify the cause of a failure from follow-up evidence; `now` is wall-clock seconds.
+MAX_SIGNER_DEPTH = 4  # nested zones (CNAME target, signer below a cut) followed per diagnosis
+BOGUS_CACHE_CAVEAT = ("names already asked can stay bogus for the resolver's bogus-cache time, "
+                      "60 s by default in Unbound and PowerDNS")
+_STALE_KINDS = frozenset({DiagnosisKind.STALE_DNSKEY_CACHE, DiagnosisKind.STALE_DS_CACHE,
+                          DiagnosisKind.STALE_DNSKEY_VS_DS})
+# The zone's own diagnosis wins over the CNAME target's: the resolver fails there first.
+_DECISIVE = _STALE_KINDS | {DiagnosisKind.BOGUS_AT_SOURCE, DiagnosisKind.INCONSISTENT_SOURCES}
+
+
+def diagnose(ev: Evidence, *, now: float, clock_skew: float = 3600.0) -> Diagnosis:
+    """Classify the cause of a failure from follow-up evidence; `now` is wall-clock seconds and
+    `clock_skew` the allowance for signature times (RFC 6781 §4.4.2.1).
     The work is bounded (see MAX_*): hostile evidence ends in `validation-budget-exceeded`."""
+    work = _Work()  # one budget for the zone and every nested zone followed
+    return _follow(ev, now, max(0.0, clock_skew), work, 0)
+
+
+def _follow(ev: Evidence, now: float, skew: float, work: _Work, depth: int) -> Diagnosis:
+    own = _finish(ev, _diagnose_zone(ev, now, skew, work), now, work)
+    if ev.signer is None or own.kind in _DECISIVE:
+        return own
+    if depth >= MAX_SIGNER_DEPTH:
+        return replace(own, detail=f"{own.detail}; {ev.signer.zone} not followed: more than "
+                                   f"{MAX_SIGNER_DEPTH} nested zones")
+    inner = _follow(ev.signer, now, skew, work, depth + 1)
+    via = _via_cname(ev)
+    lead = (f"{ev.qname} is a {via} into {ev.signer.zone}, diagnosed there" if via else
+            f"{ev.qname} is signed by {ev.signer.zone}, diagnosed there")
+    reasons = inner.reasons + (("via-cname",) if via else ())
+    return replace(inner, zone=inner.zone or ev.signer.zone,
+                   reasons=tuple(dict.fromkeys(reasons)), detail=f"{lead}: {inner.detail}")
+
+
+def _via_cname(ev: Evidence) -> str | None:
+    """"CNAME" or "DNAME" when an answer to the question redirects it, else None."""
+    answers = [ev.cd_answer, *(a.answer for a in ev.auth)]
+    for obs in answers:
+        if obs is None or obs.outcome is not Outcome.REPLY:
+            continue
+        if ev.qtype != "CNAME" and obs.rrsets("CNAME", ev.qname):
+            return "CNAME"
+        if obs.rrsets("DNAME"):
+            return "DNAME"
+    return None
+
+
+def _finish(ev: Evidence, d: Diagnosis, now: float, work: _Work) -> Diagnosis:
+    """Add what holds for any outcome: the clock-skew allowance used, differing instances."""
+    if work.skew_used > 0 and d.kind is not DiagnosisKind.BOGUS_AT_SOURCE:
+        skew_s = math.ceil(work.skew_used)
+        d = replace(d, reasons=tuple(dict.fromkeys((*d.reasons, "probe-clock-skew"))),
+                    clock_skew_s=skew_s,
+                    detail=f"{d.detail}; signature times checked with the clock-skew allowance: "
+                           f"this host's clock and the signer's differ by about {skew_s} s")
+    nsids = sorted({o.nsid for o in (ev.cd_answer, ev.cached_dnskey, ev.cached_ds)
+                    if o is not None and o.nsid is not None})
+    if len(nsids) > 1:
+        detail = (f"{d.detail}; the follow-ups were answered by different instances of the "
+                  f"resolver (NSID {', '.join(nsids)}): each may cache another version")
+        recovers_in, recovers_at = d.recovers_in_s, d.recovers_at
+        src_ttl = _source_dnskey_ttl(ev)
+        if recovers_in is not None and src_ttl is not None and src_ttl > recovers_in:
+            # Another instance may have fetched the old set just before the new key appeared.
+            recovers_in, recovers_at = src_ttl, now + src_ttl
+            detail += f"; recovery widened to the source's DNSKEY TTL ({src_ttl} s)"
+        d = replace(d, reasons=tuple(dict.fromkeys((*d.reasons, "instances-differ"))),
+                    detail=detail, recovers_in_s=recovers_in, recovers_at=recovers_at)
+    return d
+
+
+def _source_dnskey_ttl(ev: Evidence) -> int | None:
+    ttls = [_dnskey_ttl(a.dnskey, ev.zone) for a in ev.auth if authoritative(a.dnskey)]
+    known = [t for t in ttls if t is not None]
+    return max(known) if known else None
+
+
+def _soa_serial(obs: Observation | None, zone: str) -> str:
+    if not authoritative(obs):
+        return "unknown"
+    assert obs is not None
+    soa = obs.rrsets("SOA", zone)
+    fields = soa[0].rdatas[0].split() if soa and soa[0].rdatas else []
+    return fields[2] if len(fields) >= 7 else "unknown"
+
+
+def _keys_of(obs: Observation | None, zone: str, work: _Work) -> _KeySet | None:
+    if obs is None or obs.outcome is not Outcome.REPLY:
+        return None
+    sets = obs.rrsets("DNSKEY", zone)
+    return _keyset(sets[0], dns.name.from_text(zone), work) if sets else None
+
+
+def _ds_list(texts: tuple[str, ...], origin: dns.name.Name) -> list[DS]:
+    parsed, _ = _parse(texts, "DS", origin)
+    return [d for d in parsed if isinstance(d, DS) and _ds_supported(d)]
+
+
+def _signing_keys(rrsets: list[RRsetObs], keys: _KeySet, origin: dns.name.Name, now: float,
+                  skew: float, work: _Work) -> set[DNSKEY]:
+    """The keys of `keys` that verify a signature over the rrsets (every signature, not only
+    the first: a double signature has two signers). Charged to the budget."""
+    found: set[DNSKEY] = set()
+    for r in rrsets:
+        sigs, _ = _sigs_bounded(r)
+        if len(r.rdatas) > MAX_SIGNED_RDATAS:
+            work.note_cut(f"{r.name} {r.rdtype}: {len(r.rdatas)} records, more than "
+                          f"{MAX_SIGNED_RDATAS} to verify")
+            continue
+        try:
+            rrset = _to_rrset(r, origin)
+        except dns.exception.DNSException:
+            continue
+        rkey: RRsetKey = (r.name.lower(), r.rdtype, r.rdatas)
+        for sig in sigs[:MAX_SIGS_PER_RRSET]:
+            if sig.signer != origin or not (sig.expiration >= now - skew
+                                            and sig.inception <= now + skew):
+                continue
+            for key in keys.by_tag.get((sig.key_tag, int(sig.algorithm)), ())[:MAX_KEYS_PER_SIG]:
+                if not _may_sign(key, sig):
+                    continue
+                memo = (rkey, sig, key)
+                ok = work.verified.get(memo)
+                if ok is None:
+                    ok = work.verify(rrset, sig, key, origin, _sig_time(sig, now))
+                    work.verified[memo] = ok
+                if ok:
+                    _note_skew(sig, now, work)
+                    found.add(key)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Server:
+    """One authoritative server, judged on its own (never merged with the others)."""
+
+    ev: AuthEvidence
+    check: _SourceCheck
+    keys: _KeySet | None
+    sig_tags: frozenset[int] | None  # None: no authoritative answer to the question
+
+
+def _diagnose_zone(ev: Evidence, now: float, skew: float, work: _Work) -> Diagnosis:
     zone, qname, qtype = ev.zone, ev.qname, ev.qtype
-    work = _Work()
-    cached_tags = _dnskey_tags(ev.cached_dnskey, zone, work)
+    origin = dns.name.from_text(zone)
+    cached_keys = _keys_of(ev.cached_dnskey, zone, work)
+    cached_tags = tuple(sorted(cached_keys.tags)) if cached_keys else ()
     cached_ttl = _dnskey_ttl(ev.cached_dnskey, zone)
+    cached_set = set(cached_keys.keys) if cached_keys else set()
+
+    # The DS: the parent's servers' (authoritative, RD=0) when asked; else the resolver's cache.
+    cached_ds_texts = _ds_texts(ev.cached_ds, zone)
+    cds = ev.cached_ds.rrsets("DS", zone) if ev.cached_ds and ev.cached_ds.outcome is Outcome.REPLY else []
+    cached_ds_ttl = cds[0].ttl if cds else None
+    parent_replies = [p for p in ev.parent_ds if authoritative(p.ds)]
+    if parent_replies:
+        ds_texts = tuple(dict.fromkeys(t for p in parent_replies if p.ds is not None
+                                       for t in _ds_texts(p.ds, zone)))
+        # NODATA (NOERROR, AA, no DS) proves absence; an NXDOMAIN says something else.
+        ds_absent = not ds_texts and any(p.ds is not None and p.ds.rcode == 0
+                                         for p in parent_replies)
+        ds_from = f"the parent's servers ({', '.join(p.address for p in parent_replies)})"
+    else:
+        ds_texts = cached_ds_texts
+        ds_absent = (ev.cached_ds is not None and ev.cached_ds.outcome is Outcome.REPLY
+                     and ev.cached_ds.rcode == 0 and not ds_texts)
+        ds_from = "the resolver's cache (CD=1): the parent's servers were not asked"
+    ds_tags = tuple(sorted({d.key_tag for d in _ds_list(ds_texts, origin)})) \
+        if parent_replies else ()
+    cached_ds_tags = tuple(sorted({d.key_tag for d in _ds_list(cached_ds_texts, origin)}))
+
+    servers: list[_Server] = []
     auth_dnskey: set[int] = set()
-    auth_sig: set[int] = set()
-    bad_sources: list[tuple[str, _SourceCheck]] = []
-    limited_sources: list[tuple[str, _SourceCheck]] = []
-    unsigned: list[str] = []
-    good_sources = 0
     for a in ev.auth:
-        if authoritative(a.dnskey):
-            auth_dnskey.update(_dnskey_tags(a.dnskey, zone, work))
-        if authoritative(a.answer):
-            auth_sig.update(_rrsig_tags(a.answer, qname, qtype, work))
-        chk = check_source(a, ev.cached_ds, zone, qname, qtype, now, work)
+        chk = _check_source(a, ds_texts, zone, qname, qtype, now, work, skew)
         if chk is None:
             continue
-        if chk.problems:
-            bad_sources.append((a.address, chk))
-        elif chk.limited:
-            limited_sources.append((a.address, chk))
-        elif chk.notes:  # answered, but the zone is unsigned: nothing there to validate
-            unsigned.append(a.address)
-        else:
-            good_sources += 1
-    sig_tags = auth_sig or _rrsig_tags(ev.cd_answer, qname, qtype, work)
+        keys = _keys_of(a.dnskey, zone, work)
+        if keys:
+            auth_dnskey.update(keys.tags)
+        stags = (frozenset(_rrsig_tags(a.answer, qname, qtype, work))
+                 if authoritative(a.answer) else None)
+        servers.append(_Server(a, chk, keys, stags))
+    auth_sig = set().union(*(s.sig_tags for s in servers if s.sig_tags is not None))
+    sig_tags = auth_sig or _rrsig_tags(ev.cd_answer, qname, qtype, work, origin)
 
     def make(kind: DiagnosisKind, reasons: Iterable[str], detail: str,
              recovers_in: int | None = None, recovers_at: float | None = None) -> Diagnosis:
         return Diagnosis(kind, tuple(dict.fromkeys(reasons)), tuple(sorted(sig_tags)),
                          cached_tags, tuple(sorted(auth_dnskey)), cached_ttl, recovers_in,
-                         recovers_at, detail)
+                         recovers_at, detail, ds_keytags=ds_tags, cached_ds_keytags=cached_ds_tags,
+                         cached_ds_ttl=cached_ds_ttl)
 
     def cut_short() -> str:
         return ("validation work bounded against KeyTrap-style data (CVE-2023-50387): "
                 + "; ".join(work.cut))
 
-    if bad_sources:
-        reasons = [r for _, c in bad_sources for r in c.problems]
-        where = "; ".join(f"{addr}: {'; '.join(c.notes)}" for addr, c in bad_sources)
+    def expiry(obs: Observation | None, ttl: int | None) -> float | None:
+        received = obs.received if obs else None
+        return None if ttl is None or received is None else received + ttl
+
+    def recovery(at: float | None) -> tuple[int | None, float | None, str]:
+        if at is None:
+            return None, None, ""
+        rin = max(0, math.ceil(at - now))
+        return rin, at, f"; recovers when that expires in about {rin} s ({BOGUS_CACHE_CAVEAT})"
+
+    # No DS at the parent: the zone is insecure whatever keys it serves (an island).
+    signed_servers = [s for s in servers if s.keys is not None and s.keys.keys]
+    if ds_absent and (signed_servers or not servers):
+        where = ("the parent's servers answer that there is no DS" if parent_replies else
+                 "no DS anywhere (the resolver has none; the parent's servers were not asked)")
+        return make(DiagnosisKind.INSECURE_DELEGATION, ["no-ds-at-parent"],
+                    f"{where} for {zone}: an insecure delegation, so validators do not use the "
+                    f"zone's keys ({format_tags(auth_dnskey)}); this failure is not a stale key")
+
+    # Each server on its own: different key sets or signing keys = a partial cut-over.
+    key_sets = {frozenset(s.keys.keys) if s.keys else frozenset() for s in servers}
+    signer_sets = {s.sig_tags for s in servers if s.sig_tags is not None}
+    if len(servers) > 1 and (len(key_sets) > 1 or len(signer_sets) > 1):
+        parts = []
+        for s in servers:
+            published = s.keys.keys if s.keys else ()
+            signing = {k for k in published if dns.dnssec.key_id(k) in (s.sig_tags or ())}
+            match = bool(signing & cached_set) if signing else (bool(published)
+                                                                and set(published) == cached_set)
+            part = (f"{s.ev.address}: DNSKEY {format_tags(s.keys.tags if s.keys else ())}, "
+                    f"signs with {format_tags(s.sig_tags or ())}, SOA serial "
+                    f"{_soa_serial(s.ev.soa, zone)}, "
+                    + ("the resolver's cached keys match it" if match else
+                       "the resolver's cached keys do not match it"))
+            if s.check.problems:
+                part += f" ({'; '.join(s.check.notes)})"
+            parts.append(part)
+        reasons = ["sources-disagree", *(r for s in servers for r in s.check.problems)]
+        tail = ""
+        if work.cut:
+            reasons.append(BUDGET_REASON)
+            tail = f"; {cut_short()}"
+        return make(DiagnosisKind.INCONSISTENT_SOURCES, reasons,
+                    "the zone's authoritative servers disagree: " + "; ".join(parts)
+                    + f"; the resolver caches DNSKEY {format_tags(cached_tags)}. Nothing "
+                    "recovers while the servers disagree: resolvers fail or succeed depending on "
+                    "the server they ask, until every server serves the same version" + tail)
+
+    bad = [s for s in servers if s.check.problems]
+    limited = [s for s in servers if not s.check.problems and s.check.limited]
+    unsigned = [s for s in servers if not s.check.problems and not s.check.limited
+                and s.check.notes]
+    good = [s for s in servers if not (s.check.problems or s.check.limited or s.check.notes)]
+
+    if bad:
+        reasons = [r for s in bad for r in s.check.problems]
+        where = "; ".join(f"{s.ev.address}: {'; '.join(s.check.notes)}" for s in bad)
+        where += f" (DS from {ds_from})"
         if work.cut:
             reasons.append(BUDGET_REASON)
             where += f"; {cut_short()}"
         return make(DiagnosisKind.BOGUS_AT_SOURCE, reasons, where)
 
-    if limited_sources and good_sources == 0:
-        where = "; ".join(f"{addr}: {'; '.join(c.notes)}" for addr, c in limited_sources)
+    if limited and not good:
+        where = "; ".join(f"{s.ev.address}: {'; '.join(s.check.notes)}" for s in limited)
         return make(DiagnosisKind.UNKNOWN, [BUDGET_REASON], f"{cut_short()}; {where}")
 
-    if unsigned and good_sources == 0:
+    if unsigned and not good:
         return make(DiagnosisKind.UNKNOWN, ["zone-unsigned"],
-                    f"{', '.join(unsigned)}: no DNSKEY at the source and no DS in the parent; "
-                    "the zone is unsigned, so this SERVFAIL is not a signing problem there")
+                    f"{', '.join(s.ev.address for s in unsigned)}: no DNSKEY at the source and no "
+                    "DS in the parent; the zone is unsigned, so this SERVFAIL is not a signing "
+                    "problem there")
 
-    if good_sources == 0:
+    if not good:
         why = "; ".join(ev.notes) or "the authoritative servers could not be asked"
         if sig_tags and cached_tags and not sig_tags & set(cached_tags):
             return make(DiagnosisKind.UNKNOWN, ["no-authoritative-data"],
@@ -641,7 +904,34 @@ def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
                         f"{format_tags(cached_tags)}; not confirmed at the source: {why}")
         return make(DiagnosisKind.UNKNOWN, ["no-authoritative-data"], why)
 
-    if not cached_tags:
+    src = good[0]
+    assert src.keys is not None
+    parent_ds = _ds_list(ds_texts, origin) if parent_replies else []
+    try:
+        # The resolver's cached DS against the keys the zone now publishes (RFC 4035 §5.2).
+        cached_ds_list = _ds_list(cached_ds_texts, origin)
+        if parent_ds and cached_ds_list:
+            matched, complete = _match_ds(zone, src.keys, cached_ds_list, work)
+            if not matched and complete and not work.cut:
+                at = expiry(ev.cached_ds, cached_ds_ttl)
+                also = ""
+                if cached_keys is not None:
+                    for_ds, done = _match_ds(zone, cached_keys, parent_ds, work)
+                    dnskey_at = expiry(ev.cached_dnskey, cached_ttl)
+                    if done and not for_ds and dnskey_at is not None and at is not None \
+                            and dnskey_at > at:
+                        at = dnskey_at  # the old DNSKEY set must go too
+                        also = " (and its cached DNSKEY set, which expires later)"
+                rin, rat, words = recovery(at)
+                return make(DiagnosisKind.STALE_DS_CACHE, ["ds-stale-cached"],
+                            f"the parent serves DS {format_tags(ds_tags)}, which matches the "
+                            f"zone's published keys {format_tags(src.keys.tags)} and the chain "
+                            f"validates; the resolver caches DS {format_tags(cached_ds_tags)}"
+                            f"{also}, which matches no key the zone publishes" + words, rin, rat)
+    except _OutOfBudget:
+        pass
+
+    if not cached_tags or cached_keys is None:
         return make(DiagnosisKind.UNKNOWN, ["cache-hidden"],
                     "the authoritative data validates, but the resolver would not show "
                     "its cached DNSKEY set")
@@ -650,28 +940,64 @@ def diagnose(ev: Evidence, *, now: float) -> Diagnosis:
         # Key tags or sources not fully read: a stale cache cannot be told from the rest.
         return make(DiagnosisKind.UNKNOWN, [BUDGET_REASON], cut_short())
 
-    missing = sig_tags - set(cached_tags)
+    # The parent's current DS against the resolver's cached DNSKEY set (RFC 7583 §3.3.4).
+    if parent_ds:
+        for_ds, complete = _match_ds(zone, cached_keys, parent_ds, work)
+        if not for_ds and complete and not work.cut:
+            ds_keys = {(d.key_tag, int(d.algorithm)) for d in parent_ds}
+            collide = [k for k in cached_keys.keys
+                       if (dns.dnssec.key_id(k), int(k.algorithm)) in ds_keys]
+            rin, rat, words = recovery(expiry(ev.cached_dnskey, cached_ttl))
+            extra = (f"; cached key {format_tags(dns.dnssec.key_id(k) for k in collide)} has "
+                     "the DS's key tag but other key material" if collide else "")
+            return make(DiagnosisKind.STALE_DNSKEY_VS_DS,
+                        ["dnskey-stale-for-ds", *(["keytag-collision"] if collide else [])],
+                        f"the parent's DS {format_tags(ds_tags)} matches the published KSK, but "
+                        f"the resolver's cached DNSKEY set {format_tags(cached_tags)} has no key "
+                        f"it matches{extra}" + words.replace("that expires", "that set expires"),
+                        rin, rat)
+
+    # The keys that sign the data at the source, compared with the cache by full RDATA.
+    try:
+        answer = _signed_bounded(src.ev.answer, qname, qtype, work) \
+            if authoritative(src.ev.answer) else []
+        signing = _signing_keys(answer, src.keys, origin, now, skew, work)
+    except _OutOfBudget:
+        return make(DiagnosisKind.UNKNOWN, [BUDGET_REASON], cut_short())
+    elsewhere = {n for s in good for n in s.check.elsewhere}
+    if elsewhere and not signing:
+        return make(DiagnosisKind.UNKNOWN, ["no-authoritative-data"],
+                    f"the data is signed by {', '.join(sorted(elsewhere))} (RRSIG signer name), "
+                    f"a zone below {zone}: it validates there, and that zone's follow-ups were "
+                    "not collected")
+    try:
+        if not signing and ev.cd_answer is not None:
+            # No answer at the source: the data the resolver itself holds, checked with the
+            # zone's keys (the signer name must be this zone's).
+            signing = _signing_keys(_signed_bounded(ev.cd_answer, qname, qtype, work),
+                                    src.keys, origin, now, skew, work)
+    except _OutOfBudget:
+        return make(DiagnosisKind.UNKNOWN, [BUDGET_REASON], cut_short())
+    if not signing:
+        # Nothing verified: fall back to the key tags, signer name checked.
+        signing = {k for k in src.keys.keys if dns.dnssec.key_id(k) in sig_tags}
+    signing_ids = {(dns.dnssec.key_id(k), int(k.algorithm)) for k in signing}
+    collide = [k for k in cached_keys.keys
+               if k not in signing and (dns.dnssec.key_id(k), int(k.algorithm)) in signing_ids]
+    collision = ["keytag-collision"] if collide else []
+    collision_words = (f"; the cached key {format_tags(dns.dnssec.key_id(k) for k in collide)} "
+                       "has the signing key's tag but other key material: it is not the signing "
+                       "key" if collide else "")
     # Stale only if no signing key is cached: with a double signature (RFC 6781 §4.1.1.2) one
     # cached key is enough to validate, so the SERVFAIL has another cause.
-    if sig_tags and missing == sig_tags and missing <= auth_dnskey:
-        received = ev.cached_dnskey.received if ev.cached_dnskey else None
-        recovers_in = recovers_at = None
-        if cached_ttl is not None and received is not None:
-            recovers_at = received + cached_ttl
-            recovers_in = max(0, math.ceil(recovers_at - now))
-        detail = (
-            f"signed by key {format_tags(missing)}, published at the source, but the resolver "
-            f"caches DNSKEY set {format_tags(cached_tags)}"
-        )
-        if recovers_in is not None:
-            detail += (
-                f"; recovers when that set expires in about {recovers_in} s (names already "
-                "asked can stay bogus for the resolver's bogus-cache time, 60 s by default in "
-                "Unbound and PowerDNS)"
-            )
-        return make(DiagnosisKind.STALE_DNSKEY_CACHE, ["dnskey-not-cached"], detail,
-                    recovers_in, recovers_at)
+    if signing and not signing & cached_set:
+        rin, rat, words = recovery(expiry(ev.cached_dnskey, cached_ttl))
+        tags = format_tags({dns.dnssec.key_id(k) for k in signing})
+        return make(DiagnosisKind.STALE_DNSKEY_CACHE, ["dnskey-not-cached", *collision],
+                    f"signed by key {tags}, published at the source, but the resolver caches "
+                    f"DNSKEY set {format_tags(cached_tags)}{collision_words}"
+                    + words.replace("that expires", "that set expires"), rin, rat)
 
-    return make(DiagnosisKind.UNKNOWN, ["cache-matches-source"],
-                f"the resolver caches the keys that sign the data ({format_tags(cached_tags)}); "
-                "it may still serve a cached bogus result for a short while")
+    return make(DiagnosisKind.UNKNOWN, ["cache-matches-source", *collision],
+                f"the resolver caches the keys that sign the data ({format_tags(cached_tags)})"
+                f"{collision_words}; it may still serve a cached bogus result for a short while")

@@ -9,20 +9,33 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dns.rcode
 from asyncio_throttle.throttler import Throttler
 
 from probe.classify import Classification, classify, severity
-from probe.codes import Severity
+from probe.codes import Severity, Verdict
+from probe.controls import (
+    Answered,
+    Control,
+    ControlVerdict,
+    infer_not_validating,
+    judge_controls,
+    parse_control,
+)
 from probe.diagnose import Diagnosis, Evidence, diagnose
 from probe.errors import ConfigError, TransportError, Unreachable
 from probe.investigate import Investigator
 from probe.observation import Observation, Outcome
 from probe.query import InflightLimit, Querier, Throttle
-from probe.resolvers import ResolverSpec
+from probe.resolvers import (
+    DEFAULT_CONTROL_BOGUS,
+    DEFAULT_CONTROL_SECURE,
+    ResolverSpec,
+    is_builtin,
+)
 from probe.transport import Transport
 from probe.wire import QueryTemplate, TemplateCache
 from probe.zones import ProbeName, ZoneSpec
@@ -44,7 +57,8 @@ class EngineConfig:
     # Ask authoritative servers at non-public addresses learnt from NS lookups (labs only).
     allow_local_auth: bool = False
     # Once per run and resolver: a name that must fail validation and one that must validate,
-    # "NAME" or "NAME/TYPE" (None: the built-in default for known resolvers, or none).
+    # "NAME" or "NAME/TYPE" (None or "": the built-in default for the built-in resolvers,
+    # none for others; "off": none at all).
     control_bogus: str | None = None
     control_secure: str | None = None
     # Signature inception/expiration are judged with this allowance (resolvers allow similar).
@@ -64,6 +78,22 @@ class EngineConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        for what, text in (("control_bogus", self.control_bogus),
+                           ("control_secure", self.control_secure)):
+            if text is not None:
+                parse_control(text, what=what)  # raises ConfigError
+
+    def controls_for(self, r: ResolverSpec) -> tuple[Control | None, Control | None]:
+        """(bogus, secure) controls for one resolver: configured, else built-in defaults for
+        the built-in public set only (a lab or private resolver may not reach public names)."""
+        builtin = is_builtin(r)
+
+        def pick(text: str | None, default: str) -> Control | None:
+            if not text:  # None or "" (an unset config key): the default
+                return parse_control(default) if builtin else None
+            return parse_control(text)
+        return (pick(self.control_bogus, DEFAULT_CONTROL_BOGUS),
+                pick(self.control_secure, DEFAULT_CONTROL_SECURE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +110,8 @@ class CheckResult:
 
     @property
     def severity(self) -> Severity:
-        return severity(self.classification.verdict, self.zone.expect)
+        return severity(self.classification.verdict, self.zone.expect,
+                        self.classification.reason)
 
     @property
     def rcode_text(self) -> str | None:
@@ -144,6 +175,11 @@ class Engine:
         self.clock = clock
         # Kept for the engine's life, shared by the sweep and its follow-up questions.
         self.templates = TemplateCache()
+        # Control answers, asked once per Engine and resolver; undecided ones are asked again
+        # next sweep. Keyed by (name, host, port) so a changed resolver list is asked anew.
+        self.controls: dict[tuple[str, str, int], ControlVerdict] = {}
+        # Resolvers found not validating (from controls or this sweep): name -> detail.
+        self.not_validating: dict[str, str] = {}
 
     async def sweep(
         self,
@@ -166,16 +202,70 @@ class Engine:
         self.templates.maxsize = max(self.templates.maxsize, 2 * len(checks) + 1024)
         templates = {(p.qname, p.qtype): self.templates.get(p.qname, p.qtype) for _, p in checks}
         try:
-            lanes = await asyncio.gather(*(
-                self._lane(r, checks, templates, throttles[r.name], querier, investigator,
-                           progress)
-                for r in resolvers
-            ))
+            lanes, _ = await asyncio.gather(
+                asyncio.gather(*(
+                    self._lane(r, checks, templates, throttles[r.name], querier, investigator,
+                               progress)
+                    for r in resolvers
+                )),
+                asyncio.gather(*(self._ask_controls(r, querier, throttles[r.name])
+                                 for r in resolvers)),
+            )
         finally:
             transport.close()
         # Zone order first (as in zones.txt), then resolver order.
         n = len(checks)
-        return [lanes[ri][ci] for ci in range(n) for ri in range(len(resolvers))]
+        rows = [lanes[ri][ci] for ci in range(n) for ri in range(len(resolvers))]
+        return self._mark_not_validating(rows, resolvers)
+
+    async def _ask_controls(self, r: ResolverSpec, querier: Querier,
+                            throttle: Throttle | None) -> None:
+        """Ask the control names once per Engine (again next sweep while undecided)."""
+        key = (r.name, r.host, r.port)
+        known = self.controls.get(key)
+        bogus, secure = self.config.controls_for(r)
+        if (known is not None and known.validating is not None) or (bogus, secure) == (None, None):
+            return
+        try:
+            querier.transport.channel(r.host, r.port)
+        except TransportError:
+            return  # the lane reports it; nothing to ask
+
+        async def ask(c: Control | None) -> tuple[Control, Observation] | None:
+            if c is None:
+                return None
+            # RD=1, DO=1, through the lane's throttle; fully parsed (no fast-path triage).
+            obs = await querier.ask(r.name, r.host, r.port, self.templates.get(c.qname, c.qtype),
+                                    throttle=throttle, triage=False)
+            return c, obs
+        b, s = await asyncio.gather(ask(bogus), ask(secure))
+        self.controls[key] = judge_controls(b, s)
+
+    def _mark_not_validating(self, rows: list[CheckResult],
+                             resolvers: Sequence[ResolverSpec]) -> list[CheckResult]:
+        """no-ad rows of a resolver that does not validate say `not-validating` instead."""
+        found: dict[str, str] = {}
+        uncontrolled: set[str] = set()
+        for r in resolvers:
+            v = self.controls.get((r.name, r.host, r.port))
+            if v is not None and v.validating is False:
+                found[r.name] = v.detail
+            elif self.config.controls_for(r) == (None, None):
+                uncontrolled.add(r.name)
+        # Without controls, use what the sweep proved: AD=0 where another resolver had AD=1.
+        inferred = infer_not_validating(
+            Answered(x.resolver.name, x.probe.qname, x.probe.qtype,
+                     x.classification.verdict is Verdict.SECURE and x.observation.ad,
+                     x.classification.reason == "no-ad")
+            for x in rows)
+        found.update({k: v for k, v in inferred.items() if k in uncontrolled})
+        self.not_validating = found
+        if not found:
+            return rows
+        relabel = Classification(Verdict.INSECURE, "not-validating")
+        return [replace(x, classification=relabel)
+                if x.resolver.name in found and x.classification.reason == "no-ad" else x
+                for x in rows]
 
     async def _lane(
         self,
@@ -225,7 +315,8 @@ class Engine:
                     evidence = await investigator.collect(r, zone, probe)
                     # Pure and bounded (KeyTrap guard), but up to ~0.3 s of crypto on hostile
                     # data: a worker thread keeps the other lanes' timers and RTTs honest.
-                    diag = await asyncio.to_thread(diagnose, evidence, now=self.clock())
+                    diag = await asyncio.to_thread(diagnose, evidence, now=self.clock(),
+                                                  clock_skew=cfg.clock_skew)
                     cls = classify(obs, cd_answer=evidence.cd_answer, diagnosis=diag)
                 res = CheckResult(r, zone, probe, obs, cls, evidence, diag)
                 results[i] = res

@@ -5,6 +5,12 @@ Authoritative evidence and server discovery are shared by every resolver within 
 a broken zone costs its servers a few queries, not a few per resolver. A zone's servers are
 found independently of the resolver that failed: the NS names and addresses two other
 resolvers agree on. The fan-out a reply can cause is bounded per zone and per sweep.
+
+The chain is asked where each part lives (issue 8): the DS at the parent zone's own servers
+(the parent found through the resolver with CD=1, its servers discovered like the zone's and
+shared by every zone under it), DNSKEY, SOA and data at every address of the zone's servers,
+and, when the validated data lives in another zone (a CNAME/DNAME target, or an RRSIG signer
+below a further cut), the same follow-ups for that zone.
 """
 
 from __future__ import annotations
@@ -15,8 +21,12 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from probe.diagnose import AuthEvidence, Evidence
-from probe.observation import Observation, Outcome
+import dns.exception
+import dns.name
+
+from probe.classify import answer_chain
+from probe.diagnose import AuthEvidence, Evidence, ParentEvidence
+from probe.observation import Observation, Outcome, RRsetObs
 from probe.query import Querier, Throttle
 from probe.resolvers import ResolverSpec
 from probe.wire import QueryTemplate, TemplateCache
@@ -30,6 +40,8 @@ MAX_NS_NAMES = 8  # NS names of a zone whose addresses are looked up (sorted, th
 MAX_NS_RESOLVERS = 4  # resolvers asked for a zone's NS set
 MAX_ZONE_LOOKUPS = 32  # A/AAAA lookups per zone: 8 names x 2 types x 2 resolvers
 MAX_SWEEP_LOOKUPS = 200  # A/AAAA lookups per sweep, all zones (lookups are shared by zones)
+MAX_PARENT_WALK = 8  # SOA questions (CD=1) walking up from a zone to find its parent
+MAX_SIGNER_DEPTH = 2  # zones followed from a check's zone to where its data is signed
 
 SOURCE_ZONES_FILE = "zones-file"
 _ANSWERED = (0, 3)  # NOERROR, NXDOMAIN: an answer, even if empty
@@ -142,13 +154,84 @@ def _addresses(obs: Observation) -> set[str]:
     return out
 
 
+def _name(text: str) -> dns.name.Name | None:
+    try:
+        return dns.name.from_text(text)
+    except (dns.exception.DNSException, ValueError):
+        return None
+
+
+def _text(name: dns.name.Name) -> str:
+    return name.to_text().lower()
+
+
+def _is_below(name: str, zone: str, *, proper: bool = False) -> bool:
+    """Is `name` at or below `zone` (strictly below with `proper`)? False for bad names."""
+    n, z = _name(name), _name(zone)
+    if n is None or z is None or not n.is_subdomain(z):
+        return False
+    return not proper or n != z
+
+
+def rrsig_signer(rrset: RRsetObs) -> str | None:
+    """The signer name of the first well-formed RRSIG covering `rrset` (RFC 4034 §3.2)."""
+    for sig in rrset.rrsigs:
+        fields = sig.split()
+        if len(fields) > 7 and (n := _name(fields[7])) is not None:
+            return _text(n)
+    return None
+
+
+def _soa_owner(obs: Observation, section: str) -> str | None:
+    rrsets = obs.answer if section == "answer" else obs.authority
+    return next((r.name.lower() for r in rrsets if r.rdtype == "SOA"), None)
+
+
+def apex_note(zone: str, soa: Observation | None) -> str | None:
+    """A note when the resolver's SOA answer (CD=1) at `zone` shows it is not a zone apex: no
+    SOA owned by the name, and the authority section's SOA names the real apex (RFC 2308 §3)."""
+    if soa is None or soa.outcome is not Outcome.REPLY or soa.rcode not in _ANSWERED:
+        return None
+    if soa.rrsets("SOA", zone):
+        return None
+    apex = _soa_owner(soa, "authority")
+    if apex is None or apex == zone.lower() or not _is_below(zone, apex):
+        return None
+    return f"not-a-zone-apex: {zone} is not a zone apex; the apex is {apex}"
+
+
+def parent_from_ds(zone: str, cached_ds: Observation | None) -> str | None:
+    """The parent zone as the resolver's DS answer (CD=1) shows it: the DS RRset's RRSIG signer
+    name, or for NODATA the owner of the SOA in the authority section; a proper ancestor only."""
+    if cached_ds is None or cached_ds.outcome is not Outcome.REPLY:
+        return None
+    for rr in cached_ds.rrsets("DS", zone):
+        signer = rrsig_signer(rr)
+        if signer is not None and _is_below(zone, signer, proper=True):
+            return signer
+    owner = _soa_owner(cached_ds, "authority")
+    if owner is not None and _is_below(zone, owner, proper=True):
+        return owner
+    return None
+
+
+def _apex_from_soa(name: str, soa: Observation) -> str | None:
+    """The zone `name` is in, from an SOA answer (CD=1) at it: the name, or the authority SOA."""
+    if soa.outcome is not Outcome.REPLY or soa.rcode not in _ANSWERED:
+        return None
+    if soa.rrsets("SOA", name):
+        return name.lower()
+    owner = _soa_owner(soa, "authority")
+    return owner if owner is not None and _is_below(name, owner) else None
+
+
 class Investigator:
     """Collects Evidence for failed checks within one sweep."""
 
     def __init__(self, querier: Querier, resolvers: Sequence[ResolverSpec],
                  templates: TemplateCache, *,
                  throttles: Mapping[str, Throttle | None] | None = None,
-                 max_auth_servers: int = 3, allow_local_auth: bool = False,
+                 max_auth_servers: int = 16, allow_local_auth: bool = False,
                  budget: FollowUpBudget | None = None, max_ns_names: int = MAX_NS_NAMES,
                  max_ns_resolvers: int = MAX_NS_RESOLVERS,
                  max_zone_lookups: int = MAX_ZONE_LOOKUPS) -> None:
@@ -167,6 +250,10 @@ class Investigator:
         self._lookups: dict[tuple[str, str, str], asyncio.Task[Observation]] = {}
         self._auth: dict[tuple[str, str, str], asyncio.Task[tuple[AuthEvidence, ...]]] = {}
         self._source_queries: dict[tuple[str, int, str, str], asyncio.Task[Observation]] = {}
+        self._soas: dict[str, asyncio.Task[Observation]] = {}  # SOA (CD=1) per name and sweep
+        self._parents: dict[str, asyncio.Task[tuple[str | None, tuple[ParentEvidence, ...],
+                                                     tuple[str, ...]]]] = {}
+        self._apexes: dict[str, asyncio.Task[str | None]] = {}
 
     async def _ask(self, r: ResolverSpec, qname: str, qtype: str) -> Observation:
         # Follow-ups to a resolver use CD=1: show what it holds, validated or not.
@@ -174,14 +261,42 @@ class Investigator:
         return await self.q.ask(r.name, r.host, r.port, tmpl,
                                 throttle=self.throttles.get(r.name), triage=False)
 
-    async def collect(self, resolver: ResolverSpec, zone: ZoneSpec, probe: ProbeName) -> Evidence:
-        cd_answer, cached_dnskey, cached_ds = await asyncio.gather(
+    def _soa(self, r: ResolverSpec, name: str) -> asyncio.Task[Observation]:
+        """SOA (CD=1) at `name`, asked once per sweep of whichever resolver needs it first."""
+        return _once(self._soas, name.lower(), lambda: self._ask(r, name, "SOA"))
+
+    async def collect(self, resolver: ResolverSpec, zone: ZoneSpec, probe: ProbeName, *,
+                      depth: int = 0) -> Evidence:
+        cd_answer, cached_dnskey, cached_ds, zone_soa = await asyncio.gather(
             self._ask(resolver, probe.qname, probe.qtype),
             self._ask(resolver, zone.name, "DNSKEY"),
             self._ask(resolver, zone.name, "DS"),
+            self._soa(resolver, zone.name),
         )
-        found = await _once(self._servers, zone.name, lambda: self._discover(zone, resolver))
-        notes = list(found.notes)
+        # The parent's DS, the zone's servers and the zone that signed the data, together.
+        (parent, parent_ds, parent_notes), (found, auth, auth_notes), signer = \
+            await asyncio.gather(
+                _once(self._parents, zone.name,
+                      lambda: self._parent_ds(resolver, zone.name, cached_ds)),
+                self._zone_sources(resolver, zone, probe),
+                self._follow(resolver, zone, probe, cd_answer, depth),
+            )
+        notes = list(found.notes) + auth_notes + list(parent_notes)
+        note = apex_note(zone.name, zone_soa)
+        if note is not None:
+            notes.append(note)
+        return Evidence(zone.name, probe.qname, probe.qtype, cd_answer, cached_dnskey,
+                        cached_ds, auth, found.source if found.servers else "none",
+                        tuple(notes), found.resolvers if found.servers else (),
+                        parent=parent, parent_ds=parent_ds, zone_soa=zone_soa, signer=signer)
+
+    async def _zone_sources(self, resolver: ResolverSpec, zone: ZoneSpec, probe: ProbeName
+                            ) -> tuple[Discovery, tuple[AuthEvidence, ...], list[str]]:
+        if zone.ns:  # not cached by name: a signer zone of the same name may be discovered
+            found = Discovery(zone.ns, SOURCE_ZONES_FILE)
+        else:
+            found = await _once(self._servers, zone.name, lambda: self._discover(zone, resolver))
+        notes: list[str] = []
         auth: tuple[AuthEvidence, ...] = ()
         if found.servers:
             auth = await _once(self._auth, (zone.name, probe.qname, probe.qtype),
@@ -190,9 +305,99 @@ class Investigator:
                 notes.append("no authoritative server answered")
         else:
             notes.append(f"no authoritative servers found for {zone.name}")
-        return Evidence(zone.name, probe.qname, probe.qtype, cd_answer, cached_dnskey,
-                        cached_ds, auth, found.source if found.servers else "none",
-                        tuple(notes), found.resolvers if found.servers else ())
+        return found, auth, notes
+
+    # -- the parent's DS -------------------------------------------------------------------
+
+    async def _find_parent(self, r: ResolverSpec, zone: str,
+                           cached_ds: Observation | None) -> str | None:
+        """The parent zone: from the resolver's DS answer, else walking up asking SOA (CD=1);
+        an SOA answer at an ancestor, or the authority SOA of an empty one, names it."""
+        found = parent_from_ds(zone, cached_ds)
+        if found is not None:
+            return found
+        name = _name(zone)
+        for _ in range(MAX_PARENT_WALK):
+            if name is None or name == dns.name.root:
+                return None
+            name = name.parent()
+            apex = _apex_from_soa(_text(name), await self._soa(r, _text(name)))
+            if apex is not None:
+                return apex
+        return None
+
+    async def _parent_ds(self, r: ResolverSpec, zone: str, cached_ds: Observation | None
+                         ) -> tuple[str | None, tuple[ParentEvidence, ...], tuple[str, ...]]:
+        """The zone's DS as each server of the parent serves it (RD=0). Once per zone and sweep;
+        the parent's discovery is shared by every zone under it (zones.txt names no parent
+        servers) and spends the same budgets as a zone's."""
+        parent = await self._find_parent(r, zone, cached_ds)
+        if parent is None:
+            return None, (), (f"parent zone of {zone} not found",)
+        spec = ZoneSpec(parent, ())
+        found = await _once(self._servers, parent, lambda: self._discover(spec, r))
+        notes = list(found.notes)
+        if not found.servers:
+            notes.append(f"no authoritative servers found for the parent zone {parent}")
+            return parent, (), tuple(notes)
+        ds_t = self.templates.get(zone, "DS", rd=False)
+
+        async def one(host: str, port: int) -> ParentEvidence | None:
+            ds = await _once(self._source_queries, (host, port, zone, "DS"),
+                             lambda: self.q.ask(f"auth:{host}", host, port, ds_t, triage=False))
+            if ds.outcome is Outcome.UNREACHABLE:
+                return None
+            return ParentEvidence(host if port == 53 else f"{host}:{port}", ds)
+
+        asked = await asyncio.gather(*(one(h, p) for h, p in
+                                       found.servers[: 2 * self.max_auth_servers]))
+        got = tuple(a for a in asked if a is not None)[: self.max_auth_servers]
+        if not any(p.ds is not None and p.ds.outcome is Outcome.REPLY for p in got):
+            notes.append(f"no server of the parent zone {parent} answered for the DS of {zone}")
+        return parent, got, tuple(notes)
+
+    # -- where the validated data lives ----------------------------------------------------
+
+    async def _data_zone(self, r: ResolverSpec, zone: str, probe: ProbeName,
+                         cd_answer: Observation) -> tuple[str, str] | None:
+        """(zone, final name) when the data the resolver validates lives in another zone: the
+        end of a CNAME/DNAME chain outside `zone`, or signed by another zone (a further cut)."""
+        if cd_answer.outcome is not Outcome.REPLY:
+            return None
+        chain = answer_chain(cd_answer, probe.qname, probe.qtype)
+        if chain.broken:
+            return None
+        final = chain.names[-1]
+        signers = [s for rr in chain.data if (s := rrsig_signer(rr)) is not None]
+        # A signer counts only when the data is inside it (RFC 4035 §5.3.1).
+        target = next((s for s in signers if _is_below(final, s)), None)
+        if target is None and not _is_below(final, zone):
+            target = await _once(self._apexes, final,
+                                 lambda: self._apex_of(r, final))
+        if target is None or target == zone.lower():
+            return None
+        return target, final
+
+    async def _apex_of(self, r: ResolverSpec, name: str) -> str | None:
+        apex = _apex_from_soa(name, await self._soa(r, name))
+        # PowerDNS SERVFAILs even CD=1 questions inside a zone it finds bogus, and a CNAME
+        # target in a freshly cut-over zone is exactly that: ask up to two other resolvers.
+        for other in [x for x in self.resolvers if x != r][:2]:
+            if apex is not None:
+                break
+            apex = _apex_from_soa(name, await self._ask(other, name, "SOA"))
+        return apex
+
+    async def _follow(self, r: ResolverSpec, zone: ZoneSpec, probe: ProbeName,
+                      cd_answer: Observation, depth: int) -> Evidence | None:
+        if depth >= MAX_SIGNER_DEPTH:
+            return None
+        found = await self._data_zone(r, zone.name, probe, cd_answer)
+        if found is None:
+            return None
+        target, final = found
+        there = ProbeName(final, probe.qtype)
+        return await self.collect(r, ZoneSpec(target, (there,)), there, depth=depth + 1)
 
     # -- authoritative servers -------------------------------------------------------------
 
@@ -319,6 +524,7 @@ class Investigator:
     async def _ask_sources(self, zone: ZoneSpec, probe: ProbeName,
                            servers: tuple[tuple[str, int], ...]) -> tuple[AuthEvidence, ...]:
         dnskey_t = self.templates.get(zone.name, "DNSKEY", rd=False)
+        soa_t = self.templates.get(zone.name, "SOA", rd=False)
         answer_t = self.templates.get(probe.qname, probe.qtype, rd=False)
 
         async def one(host: str, port: int) -> AuthEvidence | None:
@@ -327,18 +533,21 @@ class Investigator:
             def ask(t: QueryTemplate) -> Callable[[], Coroutine[Any, Any, Observation]]:
                 return lambda: self.q.ask(name, host, port, t, triage=False)
 
-            # The DNSKEY RRset is asked once per server and zone, however many names fail.
-            dnskey, answer = await asyncio.gather(
+            # DNSKEY and SOA are asked once per server and zone, however many names fail;
+            # the SOA serial tells the zone versions servers serve apart.
+            dnskey, soa, answer = await asyncio.gather(
                 _once(self._source_queries, (host, port, zone.name, "DNSKEY"), ask(dnskey_t)),
+                _once(self._source_queries, (host, port, zone.name, "SOA"), ask(soa_t)),
                 _once(self._source_queries, (host, port, probe.qname, probe.qtype),
                       ask(answer_t)),
             )
             if dnskey.outcome is Outcome.UNREACHABLE:
                 return None  # e.g. an IPv6 server seen from a host without IPv6
-            return AuthEvidence(host if port == 53 else f"{host}:{port}", dnskey, answer)
+            return AuthEvidence(host if port == 53 else f"{host}:{port}", dnskey, answer, soa)
 
-        # In parallel, so a dead server costs one timeout, not one per server; twice the
-        # wanted count because some addresses may be unreachable from here.
+        # Every address of every NS (bounded): servers of one zone may serve different
+        # versions. In parallel, so a dead server costs one timeout, not one per server; twice
+        # the wanted count because some addresses may be unreachable from here.
         asked = await asyncio.gather(*(
             one(h, p) for h, p in servers[: 2 * self.max_auth_servers]
         ))

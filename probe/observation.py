@@ -162,3 +162,20 @@ def _rrset_to_dict(r: RRsetObs) -> dict[str, Any]:
 def _rrset_from_dict(d: dict[str, Any]) -> RRsetObs:
     return RRsetObs(str(d["name"]), str(d["rdtype"]), int(d["ttl"]),
                     tuple(str(x) for x in d["rdatas"]), tuple(str(x) for x in d.get("rrsigs", ())))
+
+
+# NSID (RFC 5001 §2.3: opaque octets) as shown: at most this many octets, longer ones cut.
+NSID_SHOWN = 64
+
+
+def nsid_text(raw: bytes) -> str:
+    """An NSID payload as text: printable ASCII as is, otherwise lower-case hex; never raises.
+
+    Only the first NSID_SHOWN octets are shown; a longer payload (a hostile reply may carry
+    up to 64 KiB) is cut and marked with its full length, e.g. "...(300 octets)".
+    """
+    shown = raw[:NSID_SHOWN]
+    text = shown.decode("ascii") if all(0x20 <= b < 0x7F for b in shown) else shown.hex()
+    if len(raw) > NSID_SHOWN:
+        text += f"...({len(raw)} octets)"
+    return text

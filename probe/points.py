@@ -1,7 +1,8 @@
 """The InfluxDB schema (docs/schema.md): check results, zone summaries, incident events, rounds.
 
 Pure functions from a round's results to influxdb-client `Point`s and line protocol; no I/O.
-Tags are bounded codes only (vantage, resolver, zone, qtype, verdict, diagnosis, event, kind):
+Tags are bounded codes only (vantage, resolver, zone, qtype, verdict, reason, diagnosis, event,
+kind):
 never a name, a key tag or free text. Timestamps are nanoseconds.
 """
 
@@ -53,10 +54,10 @@ class RoundInfo:
     partial: bool = False  # stopped (SIGTERM) before every check was done
 
 
-def _tags(r: CheckResult) -> tuple[str, str, str, str, str]:
+def _tags(r: CheckResult) -> tuple[str, str, str, str, str, str]:
     d = r.diagnosis
     return (r.resolver.name, r.zone.name, r.probe.qtype, r.classification.verdict.value,
-            d.kind.value if d else "none")
+            d.kind.value if d else "none", r.classification.reason)
 
 
 def check_times(results: Sequence[CheckResult]) -> list[int]:
@@ -87,7 +88,7 @@ def check_points(results: Sequence[CheckResult], rnd: RoundInfo) -> list[Point]:
         tags = _tags(r)
         p = (Point(M_CHECK).tag("vantage", rnd.vantage).tag("resolver", tags[0])
              .tag("zone", tags[1]).tag("qtype", tags[2]).tag("verdict", tags[3])
-             .tag("diagnosis", tags[4])
+             .tag("diagnosis", tags[4]).tag("reason", tags[5])
              .field("qname", r.probe.qname)
              .field("ede", o.ede[0].code if o.ede else -1)
              .field("round", rnd.number)
@@ -102,6 +103,12 @@ def check_points(results: Sequence[CheckResult], rnd: RoundInfo) -> list[Point]:
                 p.field("cached_dnskey_ttl", int(d.cached_dnskey_ttl))
             if d.recovers_in_s is not None:
                 p.field("recovers_in_s", int(d.recovers_in_s))
+            if d.cached_ds_ttl is not None:
+                p.field("cached_ds_ttl", int(d.cached_ds_ttl))
+            if d.zone is not None:  # diagnosed in another zone (a CNAME target): free text
+                p.field("diagnosis_zone", d.zone)
+        if o.nsid is not None:  # which instance answered: free text, so a field
+            p.field("nsid", o.nsid)
         out.append(p)
     return out
 

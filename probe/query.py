@@ -140,9 +140,10 @@ class Querier:
             return Observation(
                 server_name, host, port, tmpl.qname, tmpl.qtype, tmpl.rd, tmpl.cd, started,
                 Outcome.MALFORMED, raw.transport, attempts, rtt_ms, detail="MalformedOptions",
+                nsid=p.nsid,
             )
         return Observation(
             server_name, host, port, tmpl.qname, tmpl.qtype, tmpl.rd, tmpl.cd, started,
             Outcome.REPLY, raw.transport, attempts, rtt_ms, p.rcode, p.flags, p.ede,
-            p.answer, p.authority,
+            p.answer, p.authority, nsid=p.nsid,
         )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -77,20 +78,42 @@ def worst_per_row(results: Sequence[CheckResult]) -> list[CheckResult]:
 
 def explain(r: CheckResult) -> str:
     """The diagnosis (or the failure) in words, for the table."""
+    text = cause(r)
+    d = r.diagnosis
+    if d is not None and d.recovers_in_s is not None:
+        text += f"; recovers in about {d.recovers_in_s} s"
+    return text
+
+
+def cause(r: CheckResult) -> str:
+    """The diagnosis (or the failure) in words, without the recovery prediction."""
     d = r.diagnosis
     o = r.observation
     if d is not None:
+        where = f" (in zone {d.zone.rstrip('.')})" if d.zone else ""
         if d.kind is DiagnosisKind.STALE_DNSKEY_CACHE:
-            text = (f"stale DNSKEY cache: signed by key {format_tags(d.rrsig_keytags)}, resolver "
-                    f"caches {format_tags(d.cached_dnskey_keytags)}")
-            if d.recovers_in_s is not None:
-                text += f"; recovers in about {d.recovers_in_s} s"
-            return text
+            return (f"stale DNSKEY cache{where}: signed by key {format_tags(d.rrsig_keytags)}, "
+                    f"resolver caches {format_tags(d.cached_dnskey_keytags)}")
+        if d.kind is DiagnosisKind.STALE_DS_CACHE:
+            return (f"stale DS cache{where}: resolver caches DS {format_tags(d.cached_ds_keytags)}"
+                    f", parent now has DS {format_tags(d.ds_keytags)}")
+        if d.kind is DiagnosisKind.STALE_DNSKEY_VS_DS:
+            return (f"stale DNSKEY cache for the new DS{where}: parent DS "
+                    f"{format_tags(d.ds_keytags)}, resolver caches DNSKEY "
+                    f"{format_tags(d.cached_dnskey_keytags)}")
+        if d.kind is DiagnosisKind.INCONSISTENT_SOURCES:
+            # No recovery while the servers disagree (recovers_in_s is None by design).
+            return (f"authoritative servers disagree{where}, no recovery while they do: "
+                    f"{d.detail}")
+        if d.kind is DiagnosisKind.INSECURE_DELEGATION:
+            return f"insecure delegation (no DS at the parent){where}: {d.detail}"
         if d.kind is DiagnosisKind.BOGUS_AT_SOURCE:
-            return f"bogus at source: {d.detail}"
-        return f"unknown cause: {d.detail}"
+            return f"bogus at source{where}: {d.detail}"
+        return f"unknown cause{where}: {d.detail}"
     if o.outcome is not Outcome.REPLY:
         return o.detail
+    if r.classification.reason == "not-validating":
+        return "the resolver does not validate (it answers a name that must fail)"
     if r.classification.verdict is Verdict.INSECURE:
         return "no AD bit: answer not validated"
     if r.classification.reason == "ad-denial":
@@ -145,8 +168,206 @@ def render_table(results: Sequence[CheckResult], console: Console) -> None:
     console.print(Text(summary(results)))
 
 
+# ---- the default view: the picture first (issue 8 item 7) -------------------------------------
+
+MARKS: dict[Verdict, str] = {
+    Verdict.SECURE: ".",
+    Verdict.INSECURE: "i",
+    Verdict.BOGUS: "B",
+    Verdict.SERVFAIL: "S",
+    Verdict.TIMEOUT: "T",
+    Verdict.REFUSED: "R",
+    Verdict.ERROR: "E",
+    Verdict.UNREACHABLE: "-",
+}
+NOT_VALIDATING_MARK = "n"
+NOT_CHECKED_MARK = " "  # an interrupted run leaves pairs unasked
+_ZONE_WIDTH = 40  # the matrix's zone column, at most
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemGroup:
+    """Rows of one zone that failed the same way: same verdict, reason, diagnosis, key tags."""
+
+    rows: tuple[CheckResult, ...]
+
+    @property
+    def first(self) -> CheckResult:
+        return self.rows[0]
+
+    @property
+    def resolvers(self) -> list[str]:
+        return [r.resolver.name for r in self.rows]
+
+
+def _order(items: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def silent_resolvers(results: Sequence[CheckResult]) -> dict[str, str]:
+    """Resolvers that never answered any check, each with one line of why (not one per zone)."""
+    by: dict[str, list[CheckResult]] = {}
+    for r in results:
+        by.setdefault(r.resolver.name, []).append(r)
+    out: dict[str, str] = {}
+    for name, rows in by.items():
+        if any(r.observation.outcome is Outcome.REPLY for r in rows):
+            continue
+        n = len({r.zone.name for r in rows})
+        unreachable = all(r.classification.verdict is Verdict.UNREACHABLE for r in rows)
+        # The breaker's "N consecutive timeouts" says more than the last timeout's detail.
+        details = ([r.observation.detail for r in rows if r.observation.outcome is Outcome.SKIPPED]
+                   or [r.observation.detail for r in rows if r.observation.detail])
+        detail = Counter(details).most_common(1)[0][0] if details else ""
+        text = f"{'unreachable' if unreachable else 'no answer'} for all {n} zone{_s(n)}"
+        out[name] = text + (f" ({detail})" if detail else "")
+    return out
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+def _not_validating_row(r: CheckResult, not_validating: Mapping[str, str]) -> bool:
+    return (r.classification.reason == "not-validating"
+            or (r.resolver.name in not_validating
+                and r.classification.verdict is Verdict.INSECURE))
+
+
+def _group_key(r: CheckResult) -> tuple[Any, ...]:
+    d = r.diagnosis
+    diag: tuple[Any, ...] = () if d is None else (
+        d.kind, d.zone, tuple(sorted(d.rrsig_keytags)), tuple(sorted(d.cached_dnskey_keytags)),
+        tuple(sorted(d.ds_keytags)), tuple(sorted(d.cached_ds_keytags)))
+    return (r.zone.name, r.classification.verdict, r.classification.reason, diag)
+
+
+def problem_groups(results: Sequence[CheckResult], *,
+                   not_validating: Mapping[str, str] | None = None) -> list[ProblemGroup]:
+    """Every row that is not fine, grouped by zone and by how it failed, in zone order.
+    Resolvers that never answered and resolvers that do not validate are left to their own
+    one-line entries instead of one row per zone."""
+    silent = silent_resolvers(results)
+    nv = not_validating or {}
+    groups: dict[tuple[Any, ...], list[CheckResult]] = {}
+    for r in worst_per_row(results):
+        if r.severity is Severity.OK or r.resolver.name in silent or _not_validating_row(r, nv):
+            continue
+        groups.setdefault(_group_key(r), []).append(r)
+    # worst_per_row keeps input order (zone-major), so dict order is zone order already.
+    return [ProblemGroup(tuple(rows)) for rows in groups.values()]
+
+
+def _recovery(rows: Sequence[CheckResult]) -> str:
+    secs = sorted(r.diagnosis.recovers_in_s for r in rows
+                  if r.diagnosis is not None and r.diagnosis.recovers_in_s is not None)
+    if not secs:
+        return ""
+    if secs[0] == secs[-1]:
+        return f"recovers in about {secs[0]} s"
+    return f"recovers in {secs[0]} to {secs[-1]} s"
+
+
+def group_text(g: ProblemGroup) -> tuple[Text, Text]:
+    """Two lines: zone, verdict, code and resolvers; then the cause, key tags and recovery."""
+    r = g.first
+    verdict = r.classification.verdict
+    zone = r.zone.name.rstrip(".")
+    code = r.diagnosis.kind.value if r.diagnosis is not None else r.classification.reason
+    names = g.resolvers
+    head = Text.assemble(
+        plain(f"{zone} ({r.zone.label})" if r.zone.label else zone, "bold"), "  ",
+        Text(verdict.value, style=_STYLE[verdict]), "  ", plain(code), "  ",
+        plain(f"{len(names)} resolver{_s(len(names))}: {', '.join(names)}"))
+    causes = _order([cause(x) for x in g.rows])
+    words = causes[0] + ("" if len(causes) == 1 else
+                         f" (and {len(causes) - 1} other detail{_s(len(causes) - 1)}, see --all)")
+    rec = _recovery(g.rows)
+    words += (f"; {rec}" if rec and words else rec)
+    return head, plain("    " + (words or "-"))
+
+
+def matrix_lines(results: Sequence[CheckResult], *, width: int = 160,
+                 not_validating: Mapping[str, str] | None = None) -> list[Text]:
+    """Zones down, resolvers across (numbered), one verdict mark per cell (the worst probe)."""
+    nv = not_validating or {}
+    zones = _order([r.zone.name for r in results])
+    resolvers = _order([r.resolver.name for r in results])
+    cell: dict[tuple[str, str], CheckResult] = {
+        (r.zone.name, r.resolver.name): r for r in worst_per_row(results)}
+    cw = len(str(len(resolvers))) + 1
+    zw = max(8, min(_ZONE_WIDTH, width - cw * len(resolvers) - 1,
+                    max((len(visible(z.rstrip("."))) for z in zones), default=8)))
+    lines = [Text(" " * zw + "".join(f"{i:>{cw}}" for i in range(1, len(resolvers) + 1)),
+                  style="dim")]
+    for z in zones:
+        name = visible(z.rstrip("."))
+        # Reverse zones differ in their first labels: keep the start.
+        name = name if len(name) <= zw else name[:zw - 1] + "\u2026"
+        line = Text(f"{name:<{zw}}")
+        for res in resolvers:
+            r = cell.get((z, res))
+            if r is None:
+                line.append(f"{NOT_CHECKED_MARK:>{cw}}")
+            elif _not_validating_row(r, nv):
+                line.append(f"{NOT_VALIDATING_MARK:>{cw}}", style="yellow")
+            else:
+                v = r.classification.verdict
+                line.append(f"{MARKS[v]:>{cw}}", style=_STYLE[v])
+        lines.append(line)
+    return lines
+
+
+def legend(results: Sequence[CheckResult]) -> Text:
+    """The marks and the numbered resolvers of the matrix."""
+    text = Text("marks: ")
+    for v in Verdict:
+        text.append(MARKS[v], style=_STYLE[v])
+        text.append(f" {v.value}  ")
+    text.append(NOT_VALIDATING_MARK, style="yellow")
+    text.append(" not-validating  (blank) not checked\nresolvers: ")
+    resolvers = _order([r.resolver.name for r in results])
+    text.append_text(plain("  ".join(f"{i}={n}" for i, n in enumerate(resolvers, 1))))
+    return text
+
+
+def render_view(results: Sequence[CheckResult], console: Console, *,
+                not_validating: Mapping[str, str] | None = None) -> None:
+    """The default terminal view: problems grouped, the matrix, silent resolvers once, then
+    the summary. Every name from a file or a reply enters rich as plain Text (no markup)."""
+    nv = dict(not_validating or {})
+    groups = problem_groups(results, not_validating=nv)
+    if groups:
+        n = sum(len(g.rows) for g in groups)
+        console.print(Text(f"problems: {n} row{_s(n)} in {len(groups)} group{_s(len(groups))}",
+                           style="bold"))
+        for g in groups:
+            for line in group_text(g):
+                console.print(line, soft_wrap=True)
+    elif results:
+        console.print(Text("problems: none", style="bold"))
+    silent = silent_resolvers(results)
+    if silent or nv:
+        console.print(Text("resolvers", style="bold"))
+        for name, why in silent.items():
+            console.print(plain(f"  {name}: {why}"), soft_wrap=True)
+        for name, why in nv.items():
+            zones = len({r.zone.name for r in results
+                         if r.resolver.name == name and _not_validating_row(r, nv)})
+            console.print(plain(f"  {name}: does not validate ({why or 'not-validating'}); "
+                                f"{zones} zone{_s(zones)} marked {NOT_VALIDATING_MARK}"),
+                          soft_wrap=True)
+    if results:
+        console.print(Text("matrix", style="bold"))
+        for line in matrix_lines(results, width=console.width, not_validating=nv):
+            console.print(line, soft_wrap=True)
+        console.print(legend(results))
+    console.print(Text(summary(results)))
+
+
 def to_json(results: Sequence[CheckResult], *, raw: bool = False,
-            interrupted: bool = False) -> str:
+            interrupted: bool = False,
+            not_validating: Mapping[str, str] | None = None) -> str:
     doc: dict[str, Any] = {
         "results": [r.to_json(raw=raw) for r in results],
         "summary": dict(Counter(r.classification.verdict.value for r in results)),
@@ -154,4 +375,6 @@ def to_json(results: Sequence[CheckResult], *, raw: bool = False,
     }
     if interrupted:
         doc["interrupted"] = True
+    if not_validating:  # an addition: resolvers that answered a name that must fail
+        doc["not_validating"] = dict(not_validating)
     return json.dumps(doc, indent=2)

@@ -52,6 +52,19 @@ DEFAULT_RESOLVERS: tuple[ResolverSpec, ...] = (
 )
 
 
+# Control names for the built-in set only (a lab or private resolver may not reach them).
+# dnssec-failed.org is kept deliberately bogus by Comcast (its DS matches no DNSKEY) and has
+# been the standard "does this resolver validate" test for over a decade; isc.org, the BIND
+# maintainers' zone, has been signed since 2009 and is an anchor of DNSSEC deployment tests.
+DEFAULT_CONTROL_BOGUS = "dnssec-failed.org/A"
+DEFAULT_CONTROL_SECURE = "isc.org/SOA"
+
+
+def is_builtin(spec: ResolverSpec) -> bool:
+    """True for a resolver of the built-in public set (only those get the default controls)."""
+    return spec in DEFAULT_RESOLVERS
+
+
 def parse_hostport(text: str, *, default_port: int = 53) -> tuple[str, int]:
     """Parse ADDRESS, ADDRESS:PORT, IPv6 or [IPv6]:PORT into (canonical address, port)."""
     text = text.strip()

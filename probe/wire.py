@@ -15,19 +15,21 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from probe.observation import EdeObs, RRsetObs
+from probe.observation import EdeObs, RRsetObs, nsid_text
 
 EDNS_PAYLOAD = 1232  # DNS flag day 2020: avoids IP fragmentation
 
-# A reply the structural walk accepted: (length, reply, offsets of its TTL fields, and once
-# compared against: ((offset, bytes), ...) covering every byte from the counts to the final
-# OPT except the TTL fields).
+# A reply the structural walk accepted: (length, reply, offsets of its TTL fields, once
+# compared against: ((offset, bytes), ...) covering every byte from the counts to the end
+# except the TTL fields and the last `tail` bytes, tail: 11 (an empty final OPT, checked
+# apart) or 0 (a final OPT holding an NSID, compared with the rest)).
 _Segments = tuple[tuple[int, bytes], ...]
-_Shape = tuple[int, bytes, list[int], _Segments | None]
+_Shape = tuple[int, bytes, list[int], _Segments | None, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +64,14 @@ class QueryTemplate:
 
 
 def make_template(
-    qname: str, qtype: str, *, rd: bool = True, cd: bool = False, payload: int = EDNS_PAYLOAD
+    qname: str, qtype: str, *, rd: bool = True, cd: bool = False, payload: int = EDNS_PAYLOAD,
+    nsid: bool = False,
 ) -> QueryTemplate:
-    """Build an EDNS0 query with DO=1 (RFC 4035 §3.2.1) and the given RD/CD bits."""
+    """Build an EDNS0 query with DO=1 (RFC 4035 §3.2.1) and the given RD/CD bits; `nsid`: also
+    ask which server instance answers (an empty NSID option, RFC 5001 §2.1)."""
+    options: list[dns.edns.Option] = [dns.edns.NSIDOption(b"")] if nsid else []
     q = dns.message.make_query(
-        qname, qtype, use_edns=0, want_dnssec=True, payload=payload
+        qname, qtype, use_edns=0, want_dnssec=True, payload=payload, options=options
     )
     q.id = 0
     q.flags = (dns.flags.RD if rd else 0) | (dns.flags.CD if cd else 0)
@@ -82,15 +87,54 @@ def make_template(
     )
 
 
+def make_id_server_template(qname: str = "id.server.", *, nsid: bool = True) -> QueryTemplate:
+    """A CHAOS-class TXT query for the answering server's own identity (`id.server.`, RFC 4892
+    §2.3; BIND and Unbound also answer `hostname.bind.`): RD=0, EDNS0 without DO, and NSID."""
+    options: list[dns.edns.Option] = [dns.edns.NSIDOption(b"")] if nsid else []
+    q = dns.message.make_query(qname, "TXT", rdclass="CH", use_edns=0, payload=EDNS_PAYLOAD,
+                               options=options)
+    q.id = 0
+    q.flags = 0
+    name = dns.name.from_text(qname)
+    name_wire = name.to_wire()
+    assert name_wire is not None
+    typeclass = int(dns.rdatatype.TXT).to_bytes(2, "big") + int(
+        dns.rdataclass.CH).to_bytes(2, "big")
+    return QueryTemplate(
+        qname=name.to_text(), qtype="TXT", rd=False, cd=False, wire=q.to_wire(),
+        qname_wire_lower=name_wire.lower(), typeclass=typeclass,
+    )
+
+
+def id_server_text(reply: bytes, qname: str = "id.server.") -> str | None:
+    """The identity in a reply to make_id_server_template: the first CH TXT record owned by
+    `qname`, its strings joined, shown as nsid_text shows an NSID (ASCII or hex, capped).
+    None for anything else (refused, no such record, malformed); never raises."""
+    try:
+        msg = dns.message.from_wire(reply, ignore_trailing=True)
+        want = dns.name.from_text(qname)
+    except (dns.exception.DNSException, ValueError):
+        return None
+    if msg.rcode() != dns.rcode.NOERROR:
+        return None
+    for rrset in msg.answer:
+        if (rrset.rdtype == dns.rdatatype.TXT and rrset.rdclass == dns.rdataclass.CH
+                and rrset.name == want and len(rrset)):
+            return nsid_text(b"".join(rrset[0].strings))
+    return None
+
+
 class TemplateCache:
     """Query templates built once and reused: building costs far more than sending, and a
     daemon asks the same names every round. Bounded (least recently used out), because the
-    follow-up questions are about names learnt from replies."""
+    follow-up questions are about names learnt from replies. Every template asks for the NSID
+    (RFC 5001) unless `nsid=False`: an anycast resolver's replies then name the instance."""
 
-    def __init__(self, maxsize: int = 4096) -> None:
+    def __init__(self, maxsize: int = 4096, *, nsid: bool = True) -> None:
         if maxsize < 1:
             raise ValueError("TemplateCache needs room for at least one template")
         self.maxsize = maxsize
+        self.nsid = nsid
         self._built: OrderedDict[tuple[str, str, bool, bool], QueryTemplate] = OrderedDict()
 
     def __len__(self) -> int:
@@ -101,7 +145,7 @@ class TemplateCache:
         built = self._built
         t = built.get(key)
         if t is None:
-            t = built[key] = make_template(qname, qtype, rd=rd, cd=cd)
+            t = built[key] = make_template(qname, qtype, rd=rd, cd=cd, nsid=self.nsid)
             if len(built) > self.maxsize:
                 built.popitem(last=False)
         else:
@@ -119,6 +163,8 @@ _COUNTS = struct.Struct("!HHHH").unpack_from  # QDCOUNT, ANCOUNT, NSCOUNT, ARCOU
 _RR = struct.Struct("!HHIH").unpack_from  # TYPE, CLASS, TTL, RDLENGTH
 _OWNED_RR = struct.Struct("!HHHIH").unpack_from  # a 2-octet owner (a pointer), then as _RR
 _OPT_LEN = 11  # root owner + fixed RR fields, RDLENGTH 0
+_NSID_OPT_LEN = 15  # an OPT holding one empty NSID option (RFC 5001)
+_OPT_NSID = struct.Struct("!HHH").unpack_from  # RDLENGTH, OPTION-CODE, OPTION-LENGTH
 _MIN_RR = 11  # the shortest RR: root owner + fixed fields
 
 # RDATA the walk can check exactly as dnspython parses it (class IN only); any other type
@@ -186,12 +232,26 @@ def _unfold(reply: bytes, seen: dict[int, tuple[int, int]], walked: _Walked) -> 
     walked.clear()
 
 
-def _walk(reply: bytes, pos: int) -> list[int] | None:
-    """Structural walk of a reply whose fixed header and final 11 bytes passed the triage.
+def _nsid_opt_at(reply: bytes, p: int) -> bool:
+    """Is everything from `p` to the end one OPT RR (root owner, extended RCODE 0, version 0)
+    whose RDATA is exactly one NSID option (RFC 5001 §2.3: any octets) filling it?"""
+    size = len(reply) - p - _NSID_OPT_LEN
+    return (
+        size >= 0
+        and reply[p : p + 3] == b"\x00\x00\x29"
+        and reply[p + 5 : p + 7] == b"\x00\x00"
+        and _OPT_NSID(reply, p + 9) == (size + 4, 3, size)
+    )
+
+
+def _walk(reply: bytes, pos: int, empty_opt: bool = True) -> list[int] | None:
+    """Structural walk of a reply whose fixed header passed the triage, and whose final 11
+    bytes did too (an empty OPT) if `empty_opt`; else its final OPT must hold exactly one NSID
+    option (an anycast resolver answering our NSID request: no EDE, so still plainly secure).
 
     Returns the offsets of the TTL fields if every byte is accounted for exactly as dnspython
     would parse it: one question; ANCOUNT+NSCOUNT+ARCOUNT RRs that end exactly where the final
-    empty OPT starts (so no trailing bytes, no other OPT, counts that fit the bytes); answer RRs
+    OPT starts (so no trailing bytes, no other OPT, counts that fit the bytes); answer RRs
     owned by the question name (a pointer to it), of the question type or RRSIG, at least one
     of the question type; only RDATA types whose wire it checks (A, AAAA, NS, PTR, SOA, RRSIG)
     in class IN. `pos`: where the question ends if the caller matched it, else 0 (walked here).
@@ -210,7 +270,7 @@ def _walk(reply: bytes, pos: int) -> list[int] | None:
         qname_end = pos - 4
         walked: _Walked = [(12, qname_end - 12, 0)]
         qtype = (reply[qname_end] << 8) | reply[qname_end + 1]
-        end = n - _OPT_LEN
+        end = n - (_OPT_LEN if empty_opt else _NSID_OPT_LEN)
         rrs = an + ns + ar - 1
         if rrs * _MIN_RR > end - pos:  # counts that cannot fit the bytes (ANCOUNT=65535)
             return None
@@ -251,62 +311,69 @@ def _walk(reply: bytes, pos: int) -> list[int] | None:
             if not ok:
                 return None
             pos = r
-        return ttls if pos == end and answered else None
+        if not answered:
+            return None
+        return ttls if (pos == end if empty_opt else _nsid_opt_at(reply, pos)) else None
     except (IndexError, struct.error):
         return None
 
 
 def plainly_secure(reply: bytes, tmpl: QueryTemplate | None = None) -> bool:
     """True only for NOERROR, AD=1, TC=0, an answer of the question's type owned by the
-    question name, and a final empty OPT (so no EDE to read), in a reply dnspython accepts.
+    question name, and a final OPT that is empty or holds only an NSID (so no EDE to read), in
+    a reply dnspython accepts. The NSID of such a reply is not read (the fast path).
 
-    Anything else (errors, no AD, truncation, EDNS options, extended rcode, anything unusual or
-    malformed) returns False and the caller must parse the reply fully. `tmpl`: the template
-    the transport already matched the reply's question against (its question is then not
-    walked again, and the accepted shape is remembered); without it the question is walked.
+    Anything else (errors, no AD, truncation, other EDNS options, extended rcode, anything
+    unusual or malformed) returns False and the caller must parse the reply fully. `tmpl`: the
+    template the transport already matched the reply's question against (its question is then
+    not walked again, and the accepted shape is remembered); without it the question is walked.
     """
     n = len(reply)
     if not (
         n >= 23
         and reply[2] & _B2_CHECK == _B2_EXPECT
         and reply[3] & _B3_CHECK == _B3_EXPECT
-        # last RR: root owner, TYPE=OPT(41), ext-rcode 0, version 0, RDLEN 0
-        and reply[-11:-8] == b"\x00\x00\x29"
-        and reply[-6:-4] == b"\x00\x00"
-        and reply[-2:] == b"\x00\x00"
     ):
         return False
+    # last RR: root owner, TYPE=OPT(41), ext-rcode 0, version 0, RDLEN 0; anything else at the
+    # end is walked (an NSID option is the one thing it may hold; the rest is "parse me").
+    empty = (
+        reply[-11:-8] == b"\x00\x00\x29"
+        and reply[-6:-4] == b"\x00\x00"
+        and reply[-2:] == b"\x00\x00"
+    )
     if tmpl is None:
-        return _walk(reply, 0) is not None
+        return _walk(reply, 0, empty) is not None
     # Replies to one question differ mostly in ID and TTLs, which neither dnspython nor this
-    # verdict depends on (flags and the final OPT were checked above): a reply equal to an
-    # accepted one outside those fields is accepted without walking it again.
+    # verdict depends on (flags and an empty final OPT were checked above; an NSID OPT is
+    # compared with the rest): a reply equal to an accepted one outside those fields is
+    # accepted without walking it again.
     memo = tmpl.shape
     shape = memo[0]
-    if shape is not None and shape[0] == n:
+    if shape is not None and shape[0] == n and (empty or not shape[4]):
         segs = shape[3]
         if segs is None:  # cut only when a second reply comes: a one-off costs no more
-            segs = _segments(shape[1], shape[2])
-            memo[0] = (n, shape[1], shape[2], segs)
+            segs = _segments(shape[1], shape[2], shape[4])
+            memo[0] = (n, shape[1], shape[2], segs, shape[4])
         for off, seg in segs:
             if not reply.startswith(seg, off):
                 break
         else:
             return True
-    ttls = _walk(reply, 12 + tmpl.question_len)
+    ttls = _walk(reply, 12 + tmpl.question_len, empty)
     if ttls is None:
         return False
-    memo[0] = (n, reply, ttls, None)
+    memo[0] = (n, reply, ttls, None, _OPT_LEN if empty else 0)
     return True
 
 
-def _segments(reply: bytes, ttls: list[int]) -> _Segments:
+def _segments(reply: bytes, ttls: list[int], tail: int) -> _Segments:
     segs = []
     start = 4
     for t in ttls:
         segs.append((start, reply[start:t]))
         start = t + 4
-    segs.append((start, reply[start : len(reply) - _OPT_LEN]))
+    segs.append((start, reply[start : len(reply) - tail]))
     return tuple(segs)
 
 
@@ -319,8 +386,10 @@ class ParsedReply:
     ede: tuple[EdeObs, ...]
     answer: tuple[RRsetObs, ...]
     authority: tuple[RRsetObs, ...]
-    # dnspython rejected the EDNS options; they were decoded leniently (EDE kept).
+    # dnspython rejected the EDNS options; they were decoded leniently (EDE, NSID kept).
     options_malformed: bool = False
+    # The first NSID option (RFC 5001) as text (see observation.nsid_text); None: no NSID.
+    nsid: str | None = None
 
 
 def _section(rrsets: list[dns.rrset.RRset]) -> tuple[RRsetObs, ...]:
@@ -352,6 +421,7 @@ def _section(rrsets: list[dns.rrset.RRset]) -> tuple[RRsetObs, ...]:
 
 _OPTION = struct.Struct("!HH").unpack_from  # OPTION-CODE, OPTION-LENGTH
 _EDE = dns.edns.OptionType.EDE  # RFC 8914
+_NSID = dns.edns.OptionType.NSID  # RFC 5001
 # RFC 6891 §9: 65535 is reserved, so no EDNS option class decodes it (a neutral filler).
 _FILLER_OPTION = 65535
 
@@ -405,10 +475,12 @@ def _skip_name(reply: bytes, p: int) -> int:
     return p + 1
 
 
-def _lenient_ede(options: bytes) -> tuple[EdeObs, ...]:
-    """EDE options from raw OPT RDATA, each on its own: text decoded with replacement
-    characters, options too short to hold an INFO-CODE skipped, other options ignored."""
+def _lenient_options(options: bytes) -> tuple[tuple[EdeObs, ...], str | None]:
+    """EDE and NSID options from raw OPT RDATA, each on its own: EDE text decoded with
+    replacement characters, EDE options too short to hold an INFO-CODE skipped, the first NSID
+    kept (any octets, shown by nsid_text), other options ignored."""
     out: list[EdeObs] = []
+    nsid: str | None = None
     p = 0
     while p + 4 <= len(options):
         code, size = _OPTION(options, p)
@@ -422,12 +494,14 @@ def _lenient_ede(options: bytes) -> tuple[EdeObs, ...]:
             if text.endswith(b"\x00"):  # EXTRA-TEXT MAY be NUL-terminated (as dnspython)
                 text = text[:-1]
             out.append(EdeObs((body[0] << 8) | body[1], text.decode("utf-8", errors="replace")))
-    return tuple(out)
+        elif code == _NSID and nsid is None:
+            nsid = nsid_text(body)
+    return tuple(out), nsid
 
 
 def _parse_without_options(
     reply: bytes, exc: dns.exception.DNSException
-) -> tuple[dns.message.Message, tuple[EdeObs, ...]]:
+) -> tuple[dns.message.Message, tuple[EdeObs, ...], str | None]:
     """Parse `reply` again with its OPT's options blanked; re-raise `exc` if that does not help.
 
     A malformed option (EDE text that is not UTF-8, a short COOKIE, a bad ECS, ...) must not make
@@ -452,7 +526,7 @@ def _parse_without_options(
         msg = dns.message.from_wire(wire, ignore_trailing=True)
     except dns.exception.DNSException:
         raise exc from None
-    return msg, _lenient_ede(options)
+    return msg, *_lenient_options(options)
 
 
 def parse_reply(reply: bytes) -> ParsedReply:
@@ -462,13 +536,17 @@ def parse_reply(reply: bytes) -> ParsedReply:
     try:
         msg = dns.message.from_wire(reply, ignore_trailing=True)
     except dns.exception.DNSException as exc:
-        msg, ede = _parse_without_options(reply, exc)
+        msg, ede, nsid = _parse_without_options(reply, exc)
         lenient = True
     else:
         ede = tuple(
             EdeObs(int(opt.code), opt.text or "")
             for opt in msg.options
             if isinstance(opt, dns.edns.EDEOption)
+        )
+        nsid = next(
+            (nsid_text(opt.nsid) for opt in msg.options if isinstance(opt, dns.edns.NSIDOption)),
+            None,
         )
     return ParsedReply(
         rcode=int(msg.rcode()),
@@ -477,6 +555,7 @@ def parse_reply(reply: bytes) -> ParsedReply:
         answer=_section(msg.answer),
         authority=_section(msg.authority),
         options_malformed=lenient,
+        nsid=nsid,
     )
 
 

@@ -319,3 +319,18 @@ def default_answer(q: dns.message.Message) -> list[dns.rrset.RRset]:
 
 def with_id(wire: bytes, qid: int) -> bytes:
     return (qid & 0xFFFF).to_bytes(2, "big") + wire[2:]
+
+
+def with_options(wire: bytes, *options: tuple[int, bytes]) -> bytes:
+    """`wire` (ending in an empty OPT, as make_reply builds it) with raw EDNS options appended
+    to that OPT, e.g. `(3, b"res1.ams")` for an NSID (RFC 5001); any bytes, even hostile ones."""
+    assert wire[-11:-8] == b"\x00\x00\x29" and wire[-2:] == b"\x00\x00", "no empty final OPT"
+    rdata = b"".join(code.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+                     for code, data in options)
+    return wire[:-2] + len(rdata).to_bytes(2, "big") + rdata
+
+
+def edns_options(wire: bytes) -> list[tuple[int, bytes]]:
+    """The raw EDNS options of a query or reply (dnspython parses, so the OPT must be sane)."""
+    msg = dns.message.from_wire(wire)
+    return [(int(o.otype), o.to_wire() or b"") for o in msg.options]

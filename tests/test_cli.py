@@ -242,10 +242,11 @@ def test_table_output_shows_zones_and_verdicts(
         handler: Callable[[Request], bytes], verdict: str, code: int, words: list[str],
         zones_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with FakeDNS(handler) as srv:
-        got = run(["--zones", str(zones_file), *resolver_args(srv), "--no-diagnose", *FAST])
+        got = run(["--zones", str(zones_file), *resolver_args(srv), "--no-diagnose", "--all",
+                   *FAST])
     assert got == code
     out = capsys.readouterr().out
-    # One row per (zone, resolver): zone, resolver, address, verdict, ... cells.
+    # --all: one row per (zone, resolver): zone, resolver, address, verdict, ... cells.
     rows = [[c.strip() for c in line.split("\u2502")[1:-1]]
             for line in out.splitlines() if "in-addr.arpa" in line]
     assert [row[:4] for row in rows] == [

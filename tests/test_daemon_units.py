@@ -107,7 +107,7 @@ def test_check_points_schema_and_distinct_timestamps() -> None:
     lines = to_lines(check_points(round_results(), RND))
     assert len(lines) == 6
     first, second = lines[0], lines[1]
-    assert first.startswith("dnssec_check,diagnosis=stale-dnskey-cache,qtype=PTR,"
+    assert first.startswith("dnssec_check,diagnosis=stale-dnskey-cache,qtype=PTR,reason=x,"
                             "resolver=unbound,vantage=lab\\ host,verdict=bogus,zone=14.in-addr.arpa. ")
     assert 'qname="1.0.0.14.in-addr.arpa."' in first
     for field in ("ad=false", "cached_dnskey_ttl=20i", "ede=6i", "rcode=2i", "recovers_in_s=20i",
@@ -175,7 +175,7 @@ def test_free_text_never_becomes_a_tag() -> None:
     for line in lines:
         tagset = line.split(" ", 1)[0]
         keys = {kv.split("=", 1)[0] for kv in tagset.split(",")[1:]}
-        assert keys <= {"vantage", "resolver", "zone", "qtype", "verdict", "diagnosis", "event",
+        assert keys <= {"vantage", "resolver", "zone", "qtype", "verdict", "diagnosis", "reason", "event",
                         "kind"}, keys
 
 

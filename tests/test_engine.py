@@ -134,8 +134,9 @@ async def test_follow_ups_share_authoritative_questions_between_resolvers() -> N
     # One DNSKEY and one SOA question to the source, RD=0, however many resolvers failed.
     assert asked == [(dns.rdatatype.SOA, False), (dns.rdatatype.DNSKEY, False)]
     for r in results:
-        assert r.classification.verdict is Verdict.BOGUS  # CD=1 had data: validation failed
-        assert r.classification.reason == "cd-data"
+        # CD=1 had data, but the diagnosis rules DNSSEC out (no keys, no DS): not bogus.
+        assert r.classification.verdict is Verdict.SERVFAIL
+        assert r.classification.reason == "ruled-out"
         assert r.evidence is not None and r.evidence.auth_source == "zones-file"
         assert r.diagnosis is not None
         # The fake source serves no DNSKEY and the parent no DS: not a signing fault there.

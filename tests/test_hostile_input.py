@@ -91,7 +91,7 @@ def test_markup_in_reply_names_is_printed_literally_and_exit_is_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with FakeDNS(hostile) as srv:
         code = run("check", "--zones", str(hostile_zones(tmp_path, srv.port)),
-                   "--resolver", f"fake=127.0.0.1:{srv.port}", *FAST)
+                   "--resolver", f"fake=127.0.0.1:{srv.port}", "--all", *FAST)
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "MarkupError" not in captured.err
     assert code == 2, captured.err  # bogus is critical; a crash exited 1
@@ -112,7 +112,7 @@ def test_markup_and_control_characters_from_input_files_are_shown_not_obeyed(
     with FakeDNS(hostile) as srv:
         resolvers.write_text(f"[/r]\x1b]8;;x\x07 127.0.0.1:{srv.port}\n", encoding="utf-8")
         code = run("check", "--zones", str(hostile_zones(tmp_path, srv.port, label)),
-                   "--resolvers", str(resolvers), "--no-diagnose", *FAST)
+                   "--resolvers", str(resolvers), "--no-diagnose", "--all", *FAST)
     captured = capsys.readouterr()
     assert code == 2, captured.err
     rows = table_rows(captured.out)

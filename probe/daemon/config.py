@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probe.controls import check_control_text
 from probe.errors import ConfigError
 from probe.resolvers import decode_utf8, parse_hostport
 
@@ -106,6 +107,16 @@ class DaemonConfig:
     inflight: int = _key(256, "queries in flight in total", _at_least_one)
     allow_local_auth: bool = _key(False, "let the diagnosis ask name servers at non-public "
                                   "addresses found through NS lookups (labs)")
+    control_bogus: str = _key("", "NAME[/TYPE] that must fail validation, asked once per "
+                              "resolver to find non-validating ones ('' = dnssec-failed.org/A "
+                              "for the built-in resolvers, none for others; 'off' = none)",
+                              check_control_text)
+    control_secure: str = _key("", "NAME[/TYPE] that must validate (AD=1), asked once per "
+                               "resolver ('' = isc.org/SOA for the built-in resolvers, none "
+                               "for others; 'off' = none)", check_control_text)
+    clock_skew: float = _key(3600.0, "seconds of clock-skew allowance when judging signature "
+                             "times", lambda v: None if 0 <= v <= 86400 and math.isfinite(v)
+                             else "a number of seconds from 0 to 86400")
     # incidents
     open_min_resolvers: int = _key(2, "open an incident when this many resolvers answer bogus "
                                    "for a zone in one round", _at_least_one)

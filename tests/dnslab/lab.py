@@ -29,6 +29,9 @@ RESOLVER_ADDRS = {
     "kresd": "127.53.1.3",
     "pdns": "127.53.1.4",
 }
+# One more Unbound with validation off (module-config "iterator"); not one of `Lab.resolvers`.
+NONVALIDATING_ADDR = "127.53.1.5"
+NONVALIDATING_NAME = "unbound-novalidate"
 ALL_RESOLVERS = ("unbound", "bind", "kresd", "pdns")
 BASELINE_ZONE = "1.in-addr.arpa."
 
@@ -38,6 +41,8 @@ _STATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cutover": (("ksk", "standby"), ("ksk", "standby")),  # the bad one: new ZSK published and used at once
     "prepublish": (("ksk", "zsk", "standby"), ("ksk", "zsk")),
     "rolled": (("ksk", "zsk", "standby"), ("ksk", "standby")),
+    # KSK swapped without DS pre-publication (the parent's DS follows at the same moment)
+    "kskswap": (("ksk2", "zsk"), ("ksk2", "zsk")),
 }
 
 
@@ -66,6 +71,9 @@ class LabZone:
     record_ttl: int
     probe_names: tuple[tuple[str, str], ...]  # (absolute qname, type) that exist
     auth_addresses: tuple[str, ...]
+    ds_ttl: int = zones.DS_TTL  # TTL of the DS RRset at the parent
+    standby_ksk_tag: int | None = None  # the KSK `Lab.ksk_swap` puts in place
+    cname_target: str | None = None  # probe names are CNAMEs into this zone
 
 
 def lab_available() -> tuple[bool, str]:
@@ -109,7 +117,7 @@ class Lab:
     """A private signed hierarchy (NSD) and validating resolvers on 127.53.0.0/16."""
 
     def __init__(self, workdir: pathlib.Path, *, resolvers: Sequence[str] = ALL_RESOLVERS,
-                 unbound_aliases: Sequence[str] = ()) -> None:
+                 unbound_aliases: Sequence[str] = (), nonvalidating: bool = True) -> None:
         unknown = set(resolvers) - set(ALL_RESOLVERS)
         if unknown:
             raise ValueError(f"unknown resolvers: {sorted(unknown)}")
@@ -124,6 +132,14 @@ class Lab:
         self._auth: dict[str, Daemon] = {}  # address -> NSD
         self._res: dict[str, Daemon] = {}  # resolver name -> daemon
         self._added_addrs: list[str] = []
+        self._ds_role: dict[str, str] = {}  # child -> role of the key the parent's DS is for
+        # A resolver that does not validate, and control names for EngineConfig.control_*:
+        # one in a zone every validator must reject, one in a healthy zone.
+        self.nonvalidating: LabResolver | None = (
+            LabResolver(NONVALIDATING_NAME, NONVALIDATING_ADDR, 53) if nonvalidating else None
+        )
+        self.control_bogus = "1.0.0.39.in-addr.arpa./PTR"
+        self.control_secure = "1.0.0.1.in-addr.arpa./PTR"
         # Extra addresses the lab's Unbound also listens on (127/8 needs no interface alias).
         self.unbound_aliases = tuple(unbound_aliases)
 
@@ -139,6 +155,12 @@ class Lab:
     def _zonefile(self, zone: str) -> pathlib.Path:
         return self.zonedir / ("root" if zone == "." else zone.rstrip("."))
 
+    def _zonefile_at(self, addr: str, zone: str) -> pathlib.Path:
+        """The file a given server loads: ns2 has its own copy so it can diverge."""
+        if addr == zones.SECOND_CHILD_ADDR:
+            return self.zonedir / (zone.rstrip(".") + ".ns2")
+        return self._zonefile(zone)
+
     def _next_serial(self) -> int:
         self._serial += 1
         return self._serial
@@ -152,22 +174,41 @@ class Lab:
         raise LabError(f"{zone} is not a lab child zone")
 
     # ---------------------------------------------------------------- signing
+    @staticmethod
+    def _ns_addrs(spec: ChildSpec) -> list[tuple[str, str]]:
+        """(NS name, address) of a child's authoritative servers."""
+        out = [(f"ns1.{spec.name}", zones.CHILD_ADDR)]
+        if spec.second_server:
+            out.append((f"ns2.{spec.name}", zones.SECOND_CHILD_ADDR))
+        return out
+
     def _child_body(self, spec: ChildSpec) -> str:
         ns = f"ns1.{spec.name}"
-        lines = [
-            zones.soa_line(spec.name, spec.record_ttl, self._next_serial(), spec.record_ttl, ns),
-            f"{spec.name} {spec.record_ttl} IN NS {ns}",
-            f"{ns} {spec.record_ttl} IN A {zones.CHILD_ADDR}",
-        ]
-        lines += [f"{owner} {spec.record_ttl} IN PTR {target}" for owner, target in zones.ptr_records(spec)]
+        lines = [zones.soa_line(spec.name, spec.record_ttl, self._next_serial(), spec.record_ttl, ns)]
+        for host, addr in self._ns_addrs(spec):
+            lines += [f"{spec.name} {spec.record_ttl} IN NS {host}", f"{host} {spec.record_ttl} IN A {addr}"]
+        if spec.cnames_to is not None:
+            lines += [f"{o} {spec.record_ttl} IN CNAME {t}" for o, t in zones.cname_records(spec)]
+        else:
+            lines += [f"{o} {spec.record_ttl} IN PTR {t}" for o, t in zones.ptr_records(spec)]
+        # targets of another zone's RFC 2317-style CNAMEs
+        for src in CHILDREN:
+            if src.cnames_to == spec.name:
+                lines += [f"{t} {spec.record_ttl} IN PTR host-{o.split('.')[0]}.classless.example."
+                          for o, t in zones.cname_records(src)]
         return "\n".join(lines)
 
-    def _sign_child(self, spec: ChildSpec, state: str) -> None:
-        keys = self._keys[spec.name]
-        roles: dict[str, Key | None] = {"ksk": keys.ksk, "zsk": keys.zsk, "standby": keys.standby}
+    def _roles(self, zone: str) -> dict[str, Key | None]:
+        keys = self._keys[zone]
+        return {"ksk": keys.ksk, "zsk": keys.zsk, "standby": keys.standby, "ksk2": keys.standby_ksk}
+
+    def _sign_child(self, spec: ChildSpec, state: str, out: pathlib.Path | None = None) -> None:
+        """Sign a child in `state` into its file (or `out`; then the recorded state is unchanged)."""
+        roles = self._roles(spec.name)
         published_roles, signing_roles = _STATES[state]
-        if keys.standby is None and state != "initial":
-            raise LabError(f"{spec.name} has no standby ZSK for {state}")
+        missing = [r for r in {*published_roles, *signing_roles} if roles[r] is None]
+        if missing:
+            raise LabError(f"{spec.name} has no {'/'.join(sorted(missing))} key for {state}")
         published = [k for r in published_roles if (k := roles[r]) is not None]
         signing = [k for r in signing_roles if (k := roles[r]) is not None]
         zones.sign_zone(
@@ -176,23 +217,28 @@ class Lab:
             published=published,
             signing=signing,
             keydir=self.keydir,
-            out=self._zonefile(spec.name),
+            out=out or self._zonefile(spec.name),
             dnskey_ttl=spec.dnskey_ttl,
             expired=spec.expired,
         )
-        self._state[spec.name] = state
+        if out is None:
+            self._state[spec.name] = state
+            if spec.second_server:  # ns2 serves the same signed zone unless told otherwise
+                shutil.copy(self._zonefile(spec.name), self._zonefile_at(zones.SECOND_CHILD_ADDR, spec.name))
 
     def _delegation(self, child: str, ns_addr: str) -> list[str]:
         """NS + glue + DS lines a parent holds for `child`."""
-        ns = f"ns1.{child}"
         keys = self._keys[child]
+        spec = next((s for s in CHILDREN if s.name == child), None)
+        servers_ = self._ns_addrs(spec) if spec is not None else [(f"ns1.{child}", ns_addr)]
         # 39: the parent's DS points at a key the child never publishes
-        ds_key = keys.ghost if keys.ghost is not None else keys.ksk
-        return [
-            f"{child} {zones.INFRA_TTL} IN NS {ns}",
-            f"{ns} {zones.INFRA_TTL} IN A {ns_addr}",
-            f"{child} {zones.DS_TTL} IN DS {zones.ds_text(child, ds_key)}",
-        ]
+        ds_key = keys.ghost if keys.ghost is not None else self._roles(child)[self._ds_role.get(child, "ksk")]
+        assert ds_key is not None
+        lines = []
+        for ns, addr in servers_:
+            lines += [f"{child} {zones.INFRA_TTL} IN NS {ns}", f"{ns} {zones.INFRA_TTL} IN A {addr}"]
+        ds_ttl = spec.ds_ttl if spec is not None else zones.DS_TTL
+        return [*lines, f"{child} {ds_ttl} IN DS {zones.ds_text(child, ds_key)}"]
 
     def _sign_infra(self, zone: str, ns: str, ns_addr: str, delegations: Iterable[tuple[str, str]]) -> None:
         lines = [
@@ -226,15 +272,15 @@ class Lab:
             }
             for spec in CHILDREN:
                 jobs[spec.name] = pool.submit(
-                    zones.make_zone_keys, self.keydir, spec.name, standby=spec.standby, ghost=spec.ds_mismatch
+                    zones.make_zone_keys, self.keydir, spec.name,
+                    standby=spec.standby, ghost=spec.ds_mismatch, standby_ksk=spec.standby_ksk,
                 )
             self._keys = {z: f.result() for z, f in jobs.items()}
             for f in [pool.submit(self._sign_child, spec, "initial") for spec in CHILDREN]:
                 f.result()
-        v4 = [(s.name, zones.CHILD_ADDR) for s in CHILDREN if s.name.endswith(".in-addr.arpa.")]
-        v6 = [(s.name, zones.CHILD_ADDR) for s in CHILDREN if s.name.endswith(".ip6.arpa.")]
-        self._sign_infra("in-addr.arpa.", "ns1.in-addr.arpa.", zones.REVERSE_ADDR, v4)
-        self._sign_infra("ip6.arpa.", "ns1.ip6.arpa.", zones.REVERSE_ADDR, v6)
+        self._ds_role = {}
+        self._sign_reverse("in-addr.arpa.")
+        self._sign_reverse("ip6.arpa.")
         self._sign_infra(
             "arpa.",
             "ns1.arpa.",
@@ -257,8 +303,16 @@ class Lab:
                 dnskey_ttl=spec.dnskey_ttl,
                 record_ttl=spec.record_ttl,
                 probe_names=tuple((owner, "PTR") for owner, _ in zones.ptr_records(spec)),
-                auth_addresses=(zones.CHILD_ADDR,),
+                auth_addresses=tuple(a for _, a in self._ns_addrs(spec)),
+                ds_ttl=spec.ds_ttl,
+                standby_ksk_tag=keys.standby_ksk.tag if keys.standby_ksk else None,
+                cname_target=spec.cnames_to,
             )
+
+    def _sign_reverse(self, zone: str) -> None:
+        """(Re-)sign in-addr.arpa. or ip6.arpa. with the current delegations (and DS) of its children."""
+        kids = [(s.name, zones.CHILD_ADDR) for s in CHILDREN if s.name.endswith("." + zone)]
+        self._sign_infra(zone, f"ns1.{zone}", zones.REVERSE_ADDR, kids)
 
     # ---------------------------------------------------------------- servers
     def _auth_layout(self) -> dict[str, list[str]]:
@@ -267,11 +321,13 @@ class Lab:
             zones.ARPA_ADDR: ["arpa."],
             zones.REVERSE_ADDR: ["in-addr.arpa.", "ip6.arpa."],
             zones.CHILD_ADDR: [s.name for s in CHILDREN],
+            zones.SECOND_CHILD_ADDR: [s.name for s in CHILDREN if s.second_server],
         }
 
     def _start_auth(self) -> None:
         for addr, names in self._auth_layout().items():
-            d = servers.nsd_daemon(self.workdir / f"nsd-{addr}", addr, {n: self._zonefile(n) for n in names})
+            files = {n: self._zonefile_at(addr, n) for n in names}
+            d = servers.nsd_daemon(self.workdir / f"nsd-{addr}", addr, files)
             self._auth[addr] = d
             d.start()
         for addr, names in self._auth_layout().items():
@@ -285,10 +341,14 @@ class Lab:
             if not servers.wait_until(lambda d=d, ok=serving: not d.alive() or ok(), 10) or not d.alive():
                 raise d.failure("authoritative server did not start serving")
 
+    def _all_resolvers(self) -> list[LabResolver]:
+        return [*self.resolvers, *([self.nonvalidating] if self.nonvalidating else [])]
+
     def _start_resolvers(self) -> None:
-        for r in self.resolvers:
+        for r in self._all_resolvers():
+            validating = r.name != NONVALIDATING_NAME
             d = servers.resolver_daemon(
-                r.name,
+                r.name if validating else "unbound",
                 self.workdir / r.name,
                 r.host,
                 hints=self.hints_file,
@@ -296,11 +356,12 @@ class Lab:
                 root_ns=zones.ROOT_NS,
                 root_addr=zones.ROOT_ADDR,
                 aliases=self.unbound_aliases if r.name == "unbound" else (),
+                validate=validating,
             )
             self._res[r.name] = d
             d.start()
         probe = self.zones[BASELINE_ZONE].probe_names[0][0]
-        pending = {r.name: r for r in self.resolvers}
+        pending = {r.name: r for r in self._all_resolvers()}
         deadline = time.monotonic() + 20
         while pending:
             for name, r in list(pending.items()):
@@ -308,7 +369,11 @@ class Lab:
                 if not d.alive():
                     raise d.failure("resolver exited during start-up")
                 try:
-                    if _is_secure(query(r.host, probe, "PTR", timeout=0.5)):
+                    resp = query(r.host, probe, "PTR", timeout=0.5)
+                    if name == NONVALIDATING_NAME:  # answers, never with AD
+                        if resp.rcode() == dns.rcode.NOERROR and resp.answer:
+                            del pending[name]
+                    elif _is_secure(resp):
                         del pending[name]
                 except Exception:  # not listening yet
                     pass
@@ -330,7 +395,7 @@ class Lab:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             self._added_addrs = servers.add_loopback(
-                [*zones.AUTH_ADDRS, *(RESOLVER_ADDRS[r.name] for r in self.resolvers)]
+                [*zones.AUTH_ADDRS, *(r.host for r in self._all_resolvers())]
             )
             self._build()
             self._start_auth()
@@ -371,29 +436,34 @@ class Lab:
     # -------------------------------------------------------------- scenarios
     def _apply(self, zone: str, state: str) -> None:
         spec = self._spec(zone)
+        addrs = [a for _, a in self._ns_addrs(spec)]
         try:
             self._sign_child(spec, state)
-            servers.nsd_reload(self.workdir / f"nsd-{zones.CHILD_ADDR}", spec.name)
+            for addr in addrs:
+                servers.nsd_reload(self.workdir / f"nsd-{addr}", spec.name)
         except (ServerError, SigningError) as exc:
             raise LabError(str(exc)) from exc
         want = self.served_key_tags(spec.name)
-        if not servers.wait_until(lambda: self._auth_tags(spec.name) == want, 5):
-            raise LabError(f"{spec.name}: authoritative server does not serve state {state} {want}")
+        for addr in addrs:
+            if not servers.wait_until(lambda a=addr: self._auth_tags(spec.name, a) == want, 5):
+                raise LabError(f"{spec.name}: {addr} does not serve state {state} {want}")
+
+    def _tags_of(self, zone: str, state: str) -> tuple[frozenset[int], frozenset[int]]:
+        roles = self._roles(zone)
+        published, signing = _STATES[state]
+        pub = frozenset(k.tag for r in published if (k := roles[r]) is not None)
+        sig = frozenset(k.tag for r in signing if (k := roles[r]) is not None and not k.ksk)
+        return pub, sig
 
     def served_key_tags(self, zone: str) -> tuple[frozenset[int], frozenset[int]]:
         """Expected (DNSKEY tags, tags signing the SOA) of a child in its current state."""
-        spec = self._spec(zone)
-        keys = self._keys[spec.name]
-        roles = {"ksk": keys.ksk, "zsk": keys.zsk, "standby": keys.standby}
-        published, signing = _STATES[self._state[spec.name]]
-        pub = frozenset(k.tag for r in published if (k := roles[r]) is not None)
-        sig = frozenset(k.tag for r in signing if r != "ksk" and (k := roles[r]) is not None)
-        return pub, sig
+        name = self._spec(zone).name
+        return self._tags_of(name, self._state[name])
 
-    def _auth_tags(self, zone: str) -> tuple[frozenset[int], frozenset[int]]:
-        """(DNSKEY tags, SOA RRSIG tags) as actually served by the authoritative server."""
-        keys = query(zones.CHILD_ADDR, zone, "DNSKEY", rd=False, timeout=1)
-        soa = query(zones.CHILD_ADDR, zone, "SOA", rd=False, timeout=1)
+    def _auth_tags(self, zone: str, addr: str = zones.CHILD_ADDR) -> tuple[frozenset[int], frozenset[int]]:
+        """(DNSKEY tags, SOA RRSIG tags) as actually served by one authoritative server."""
+        keys = query(addr, zone, "DNSKEY", rd=False, timeout=1)
+        soa = query(addr, zone, "SOA", rd=False, timeout=1)
         pub = frozenset(
             dns.dnssec.key_id(rd)
             for rrset in keys.answer
@@ -418,8 +488,61 @@ class Lab:
         self._apply(zone, "rolled")
 
     def reset(self, zone: str) -> None:
-        """Back to the initial state: KSK + active ZSK, signed by the active ZSK."""
+        """Back to the initial state: KSK + active ZSK, signed by the active ZSK (on every server)."""
         self._apply(zone, "initial")
+        if self._ds_role.get(self._spec(zone).name, "ksk") != "ksk":
+            self._set_parent_ds(zone, "ksk")
+
+    def _set_parent_ds(self, zone: str, role: str) -> None:
+        """Re-sign the parent with the DS of `role`'s key; return once its server serves it."""
+        spec = self._spec(zone)
+        key = self._roles(spec.name)[role]
+        assert key is not None
+        parent = spec.name.split(".", 1)[1]
+        self._ds_role[spec.name] = role
+        try:
+            self._sign_reverse(parent)
+            servers.nsd_reload(self.workdir / f"nsd-{zones.REVERSE_ADDR}", parent)
+        except (ServerError, SigningError) as exc:
+            raise LabError(str(exc)) from exc
+
+        if not servers.wait_until(lambda: self.parent_ds_tags(spec.name) == {key.tag}, 5):
+            raise LabError(f"{parent} does not serve the DS for {role} of {spec.name}")
+
+    def parent_ds_tags(self, zone: str) -> frozenset[int]:
+        """Key tags of the DS RRset the parent's server serves for `zone` now."""
+        resp = query(zones.REVERSE_ADDR, self._spec(zone).name, "DS", rd=False, timeout=1)
+        return frozenset(
+            rd.key_tag for rrset in resp.answer if rrset.rdtype == dns.rdatatype.DS for rd in rrset
+        )
+
+    def ksk_swap(self, zone: str) -> None:
+        """KSK rolled without DS pre-publication: new KSK in the zone and new DS at the parent at once.
+
+        Resolvers holding the old DS (TTL longer than the DNSKEY TTL) fail as soon as their
+        cached DNSKEY set expires, until the old DS expires too.
+        """
+        self._apply(zone, "kskswap")
+        self._set_parent_ds(zone, "ksk2")
+
+    def partial_cutover(self, zone: str) -> None:
+        """The bad cut-over on ns2 only: ns1 keeps serving the zone in its current state."""
+        spec = self._spec(zone)
+        if not spec.second_server:
+            raise LabError(f"{spec.name} has a single authoritative server")
+        addr = zones.SECOND_CHILD_ADDR
+        try:
+            self._sign_child(spec, "cutover", out=self._zonefile_at(addr, spec.name))
+            servers.nsd_reload(self.workdir / f"nsd-{addr}", spec.name)
+        except (ServerError, SigningError) as exc:
+            raise LabError(str(exc)) from exc
+        want = self._tags_of(spec.name, "cutover")
+        if not servers.wait_until(lambda: self._auth_tags(spec.name, addr) == want, 5):
+            raise LabError(f"{spec.name}: {addr} does not serve the cut-over {want}")
+
+    def auth_key_tags(self, zone: str, addr: str) -> tuple[frozenset[int], frozenset[int]]:
+        """(DNSKEY tags, SOA RRSIG tags) one authoritative server of `zone` serves now."""
+        return self._auth_tags(self._spec(zone).name, addr)
 
     def state(self, zone: str) -> str:
         return self._state[self._spec(zone).name]
@@ -435,6 +558,9 @@ class Lab:
             "root_hints": str(self.hints_file),
             "authoritative": {addr: names for addr, names in self._auth_layout().items()},
             "resolvers": [dataclasses.asdict(r) for r in self.resolvers],
+            "nonvalidating_resolver": dataclasses.asdict(self.nonvalidating) if self.nonvalidating else None,
+            "control_bogus": self.control_bogus,
+            "control_secure": self.control_secure,
             "zones": {
                 name: {
                     **dataclasses.asdict(z),

@@ -25,7 +25,9 @@ ROOT_ADDR = "127.53.0.1"
 ARPA_ADDR = "127.53.0.2"
 REVERSE_ADDR = "127.53.0.3"
 CHILD_ADDR = "127.53.0.4"
-AUTH_ADDRS = (ROOT_ADDR, ARPA_ADDR, REVERSE_ADDR, CHILD_ADDR)
+# ns2 of the zones served by two authoritative servers (partial cut-over scenario)
+SECOND_CHILD_ADDR = "127.53.0.5"
+AUTH_ADDRS = (ROOT_ADDR, ARPA_ADDR, REVERSE_ADDR, CHILD_ADDR, SECOND_CHILD_ADDR)
 
 ROOT_NS = "a.root-servers.lab."
 INFRA_TTL = 3600
@@ -47,6 +49,10 @@ class ChildSpec:
     standby: bool = False  # generate a never-published standby ZSK
     expired: bool = False  # sign with signatures that already expired
     ds_mismatch: bool = False  # parent DS points at a key never published
+    ds_ttl: int = DS_TTL  # TTL of the DS RRset in the parent
+    standby_ksk: bool = False  # generate a second KSK (KSK swap without DS pre-publication)
+    second_server: bool = False  # also served by ns2 at SECOND_CHILD_ADDR
+    cnames_to: str | None = None  # names are RFC 2317-style CNAMEs into this zone
 
 
 def _v4(prefix: str, n: int) -> tuple[str, ...]:
@@ -72,6 +78,14 @@ CHILDREN: tuple[ChildSpec, ...] = (
     # depend on what the other scenarios left in the resolvers' caches.
     ChildSpec("49.in-addr.arpa.", 20, 2, _v4("49", 5), standby=True),
     ChildSpec("58.in-addr.arpa.", 6, 2, _v4("58", 5), standby=True),
+    # Issue 8 scenarios, each with its own zone so earlier scenarios stay untouched:
+    # KSK and parent DS swapped at once; the DS TTL outlives the DNSKEY TTL.
+    ChildSpec("61.in-addr.arpa.", 4, 2, _v4("61", 2), ds_ttl=32, standby_ksk=True),
+    # Two authoritative servers; `Lab.partial_cutover` re-signs only ns2 with the standby ZSK.
+    ChildSpec("62.in-addr.arpa.", 10, 2, _v4("62", 2), standby=True, second_server=True),
+    # 63's names are CNAMEs into 64 (like RFC 2317 classless delegation); 64 gets the bad cut-over.
+    ChildSpec("63.in-addr.arpa.", 30, 2, _v4("63", 2), cnames_to="64.in-addr.arpa."),
+    ChildSpec("64.in-addr.arpa.", 10, 2, _v4("64", 2), standby=True),
     ChildSpec(
         "101.in-addr.arpa.", 86400, 86400, tuple(f"101.0.{m}.{n}" for m in range(8) for n in range(250))
     ),
@@ -131,12 +145,16 @@ class ZoneKeys:
     zsk: Key
     standby: Key | None = None
     ghost: Key | None = None  # KSK whose DS goes to the parent but which is never published
+    standby_ksk: Key | None = None  # replaces `ksk` (and its DS) in a KSK swap
 
 
-def make_zone_keys(keydir: pathlib.Path, zone: str, *, standby: bool, ghost: bool) -> ZoneKeys:
-    """Generate KSK, ZSK (and optional standby/ghost keys) with distinct tags."""
+def make_zone_keys(
+    keydir: pathlib.Path, zone: str, *, standby: bool, ghost: bool, standby_ksk: bool = False
+) -> ZoneKeys:
+    """Generate KSK, ZSK (and optional standby/ghost/standby-KSK keys) with distinct tags."""
     keys: list[Key] = []
     wanted = [True, False] + ([False] if standby else []) + ([True] if ghost else [])
+    wanted += [True] if standby_ksk else []
     for is_ksk in wanted:
         key = generate_key(keydir, zone, ksk=is_ksk)
         while key.tag in {k.tag for k in keys}:  # tags must be distinguishable in the scenarios
@@ -148,6 +166,8 @@ def make_zone_keys(keydir: pathlib.Path, zone: str, *, standby: bool, ghost: boo
         zk.standby = rest.pop(0)
     if ghost:
         zk.ghost = rest.pop(0)
+    if standby_ksk:
+        zk.standby_ksk = rest.pop(0)
     return zk
 
 
@@ -160,6 +180,19 @@ def ptr_records(spec: ChildSpec) -> list[tuple[str, str]]:
         host = addr.replace(".", "-").replace(":", "-")
         out.append((owner, f"host-{host}.customer.example."))
     return out
+
+
+def classless_owner(addr: str, zone: str) -> str:
+    """RFC 2317-style name for an IPv4 address inside `zone`: 'D.0-25.C.B.<zone>'."""
+    _, b, c, d = addr.split(".")
+    return f"{d}.0-25.{c}.{b}.{zone}"
+
+
+def cname_records(spec: ChildSpec) -> list[tuple[str, str]]:
+    """(absolute owner in spec, absolute CNAME target in spec.cnames_to) for every address."""
+    assert spec.cnames_to is not None
+    return [(owner, classless_owner(addr, spec.cnames_to))
+            for addr, (owner, _) in zip(spec.addresses, ptr_records(spec), strict=True)]
 
 
 def soa_line(zone: str, ttl: int, serial: int, negative_ttl: int, mname: str) -> str:
