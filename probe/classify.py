@@ -190,6 +190,20 @@ def severity(verdict: Verdict, expect: Verdict = Verdict.SECURE,
         base = Severity.OK
     else:
         base = SEVERITY[verdict]
-    if reason == "stale-answer" and base is Severity.OK:
+    if reason in _WARN_EVEN_IF_FINE and base is Severity.OK:
         return Severity.WARNING
     return base
+
+
+# Reasons that are a warning even when the answer validated: the data is stale, or the zones
+# file names something that is not a zone.
+_WARN_EVEN_IF_FINE = frozenset({"stale-answer", "not-a-zone-apex"})
+
+
+def apex_check(cls: Classification, obs: Observation, zone: str) -> Classification:
+    """A check of the zone's own SOA that ends in a validated denial: the zones.txt entry is
+    not a zone apex (NODATA: a name inside another zone; NXDOMAIN: no such name)."""
+    if (cls.reason == "ad-denial" and obs.qtype == "SOA"
+            and obs.qname.lower() == zone.lower()):
+        return Classification(cls.verdict, "not-a-zone-apex")
+    return cls

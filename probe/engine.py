@@ -15,7 +15,7 @@ from typing import Any
 import dns.rcode
 from asyncio_throttle.throttler import Throttler
 
-from probe.classify import Classification, classify, severity
+from probe.classify import Classification, apex_check, classify, severity
 from probe.codes import Severity, Verdict
 from probe.controls import (
     Answered,
@@ -309,7 +309,7 @@ class Engine:
                         lane.dead = lane.consecutive_timeouts >= cfg.dead_after
                     else:
                         lane.consecutive_timeouts = 0
-                cls = classify(obs)
+                cls = apex_check(classify(obs), obs, zone.name)
                 evidence = diag = None
                 if cls.needs_diagnosis and cfg.diagnose:
                     evidence = await investigator.collect(r, zone, probe)

@@ -239,7 +239,10 @@ def _group_key(r: CheckResult) -> tuple[Any, ...]:
     diag: tuple[Any, ...] = () if d is None else (
         d.kind, d.zone, tuple(sorted(d.rrsig_keytags)), tuple(sorted(d.cached_dnskey_keytags)),
         tuple(sorted(d.ds_keytags)), tuple(sorted(d.cached_ds_keytags)))
-    return (r.zone.name, r.classification.verdict, r.classification.reason, diag)
+    # With a diagnosis, how the verdict was reached (an EDE, CD=1 data, the diagnosis) does
+    # not split a group: BIND and PowerDNS send no EDE for the failure Unbound tags with one.
+    reason = r.classification.reason if d is None else ""
+    return (r.zone.name, r.classification.verdict, reason, diag)
 
 
 def problem_groups(results: Sequence[CheckResult], *,

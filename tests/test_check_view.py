@@ -98,7 +98,9 @@ def sweep() -> list[CheckResult]:
                     out.append(result(r, z, Verdict.TIMEOUT, outcome=Outcome.SKIPPED,
                                       detail="6 consecutive timeouts", reason="resolver-dead"))
             elif zi == STALE_ZONE and 1 <= ri <= 4:
-                out.append(result(r, z, Verdict.BOGUS, diag=stale(15 + 5 * ri)))
+                # Unbound and kresd send an EDE, BIND and PowerDNS do not: one group all the same.
+                out.append(result(r, z, Verdict.BOGUS, diag=stale(15 + 5 * ri),
+                                  reason="ede-dnssec" if ri <= 2 else "diagnosed"))
             elif zi == MIXED_ZONE and ri == 5:
                 out.append(result(r, z, Verdict.SERVFAIL, diag=BOGUS_AT_SOURCE))
             elif zi == MIXED_ZONE and ri in (6, 7):

@@ -164,3 +164,28 @@ async def test_discovered_local_addresses_need_permission(allow: bool) -> None:
         (res,) = await Engine(cfg).sweep(ZONES[:1], [ResolverSpec("r1", HOST, r1.port)])
     assert res.evidence is not None
     assert res.evidence.auth_source == ("discovered" if allow else "none")
+
+
+@pytest.mark.parametrize("rcode", [dns.rcode.NOERROR, dns.rcode.NXDOMAIN])
+async def test_zones_file_entry_that_is_not_a_zone_apex_is_a_warning(rcode: int) -> None:
+    """The zone's own SOA answered by a validated denial: the entry names no zone (NODATA: a
+    name inside 1.in-addr.arpa; NXDOMAIN: nothing). Before: graded secure, `ad-denial`."""
+    soa = "ns1.example. host.example. 1 3600 600 86400 300"
+
+    def handle(req: Request) -> bytes:
+        q = req.message
+        if q.question[0].name.to_text() == "5.1.in-addr.arpa.":
+            return make_reply(q, rcode=rcode, ad=True,
+                              authority=[rrset("1.in-addr.arpa.", "SOA", soa)])
+        return make_reply(q, ad=True, answer=default_answer(q))
+
+    with FakeDNS(handle) as srv:
+        zones = parse_zones(["5.1.in-addr.arpa", "1.in-addr.arpa"], path="t")
+        results = await Engine(EngineConfig(qps=0, timeout=1.0, retries=0)).sweep(
+            zones, [ResolverSpec("r1", HOST, srv.port)])
+    wrong, right = results
+    assert (wrong.classification.verdict, wrong.classification.reason) == (
+        Verdict.SECURE, "not-a-zone-apex")
+    assert wrong.severity.value == "warning"
+    assert right.classification.reason == "ad-answer" and right.severity.value == "ok"
+    assert exit_status(results) == 1
