@@ -82,11 +82,12 @@ def judge_controls(
     """
     seen_validating: list[str] = []
     undecided: list[str] = []
+    bogus_answered = secure_validated = False
     if bogus is not None:
         c, obs = bogus
         if _has_data(obs, c) and not obs.ad:
-            return ControlVerdict(False, f"answered the bogus control {c} with data, AD=0")
-        if obs.outcome is Outcome.REPLY and obs.rcode == RCODE_SERVFAIL:
+            bogus_answered = True
+        elif obs.outcome is Outcome.REPLY and obs.rcode == RCODE_SERVFAIL:
             seen_validating.append(f"SERVFAIL for the bogus control {c}")
         elif _has_data(obs, c):
             # AD=1 on a name that must fail: the control itself is no longer broken.
@@ -95,12 +96,27 @@ def judge_controls(
             undecided.append(f"bogus control {c}: {_what(obs)}")
     if secure is not None:
         c, obs = secure
-        if _has_data(obs, c) and not obs.ad:
-            return ControlVerdict(False, f"answered the secure control {c} without AD")
-        if _has_data(obs, c):
+        if _has_data(obs, c) and obs.ad:
+            secure_validated = True
             seen_validating.append(f"AD=1 for the secure control {c}")
+        elif _has_data(obs, c):
+            # Alone this proves little (a negative trust anchor, the control zone gone
+            # insecure); it only backs up an answered bogus control.
+            undecided.append(f"secure control {c} answered without AD")
         else:
             undecided.append(f"secure control {c}: {_what(obs)}")
+    if bogus_answered:
+        assert bogus is not None
+        if secure_validated:
+            # It validates (AD=1 on the secure name), so the bogus name has gone insecure.
+            return ControlVerdict(None, f"bogus control {bogus[0]} answered without AD while "
+                                  "the secure control validated: the bogus control is no "
+                                  "longer broken")
+        return ControlVerdict(False, f"answered the bogus control {bogus[0]} with data, AD=0")
+    if bogus is None and secure is not None and not secure_validated \
+            and _has_data(secure[1], secure[0]):
+        # Only a secure control configured: its AD=0 answer is all there is to go on.
+        return ControlVerdict(False, f"answered the secure control {secure[0]} without AD")
     if seen_validating:
         return ControlVerdict(True, "; ".join(seen_validating))
     return ControlVerdict(None, "; ".join(undecided) or "no control configured")

@@ -603,6 +603,11 @@ def _check_source(ev: AuthEvidence, ds_texts: tuple[str, ...], zone: str, qname:
     return _SourceCheck(tuple(dict.fromkeys(problems)), tuple(notes), limited, tuple(elsewhere))
 
 
+def _owns_soa(obs: Observation, zone: str) -> bool:
+    """The SOA answer (CD=1) at `zone` has an SOA owned by it: the name is a zone apex."""
+    return obs.outcome is Outcome.REPLY and bool(obs.rrsets("SOA", zone))
+
+
 def _signed_below(rrset: RRsetObs, origin: dns.name.Name) -> dns.name.Name | None:
     """The signer name when every RRSIG over the RRset names one zone strictly below `origin`
     (a server authoritative for parent and child answers from the child), else None."""
@@ -611,7 +616,11 @@ def _signed_below(rrset: RRsetObs, origin: dns.name.Name) -> dns.name.Name | Non
     if len(signers) != 1:
         return None
     signer = next(iter(signers))
-    return signer if signer != origin and signer.is_subdomain(origin) else None
+    owner = dns.name.from_text(rrset.name)
+    # RFC 4035 §5.3.1: the signer must be the zone containing the RRset, so the owner must be
+    # at or below it; anything else is a bad signature here, not data of another zone.
+    return (signer if signer != origin and signer.is_subdomain(origin)
+            and owner.is_subdomain(signer) else None)
 
 
 _DS_DIGESTS = frozenset({1, 2, 4})  # SHA-1, SHA-256, SHA-384 (RFC 8624 §3.3: validate all)
@@ -835,17 +844,41 @@ def _diagnose_zone(ev: Evidence, now: float, skew: float, work: _Work) -> Diagno
 
     # No DS at the parent: the zone is insecure whatever keys it serves (an island).
     signed_servers = [s for s in servers if s.keys is not None and s.keys.keys]
-    if ds_absent and (signed_servers or not servers):
+    # The parent removed the DS (going insecure, or a KSK change done as remove-then-add), but
+    # the resolver still validates against the DS it caches until that expires: for it the
+    # zone is still signed, so this is no insecure delegation yet.
+    cached_ds_holds = bool(ds_absent and parent_replies and cached_ds_tags)
+    if cached_ds_holds:
+        held = _ds_list(cached_ds_texts, origin)
+        held_ok = False
+        for srv in signed_servers:
+            assert srv.keys is not None
+            try:
+                held_ok = held_ok or bool(_match_ds(zone, srv.keys, held, work)[0])
+            except _OutOfBudget:
+                held_ok = True  # not proven stale: say nothing rather than guess
+        if not held_ok:
+            received = ev.cached_ds.received if ev.cached_ds else None
+            rin, at, tail = recovery(None if received is None or cached_ds_ttl is None
+                                     else received + cached_ds_ttl)
+            return make(DiagnosisKind.STALE_DS_CACHE, ["ds-stale-cached"],
+                        f"the parent's servers serve no DS for {zone}, but the resolver caches "
+                        f"DS {format_tags(cached_ds_tags)}, which matches no key the zone "
+                        f"publishes, and validates the zone against it{tail}", rin, at)
+    # A DS NODATA at a name that is no zone apex proves nothing about a delegation.
+    not_apex = not servers and ev.zone_soa is not None and not _owns_soa(ev.zone_soa, zone)
+    if ds_absent and (signed_servers or not servers) and not not_apex and not cached_ds_holds:
         where = ("the parent's servers answer that there is no DS" if parent_replies else
                  "no DS anywhere (the resolver has none; the parent's servers were not asked)")
         return make(DiagnosisKind.INSECURE_DELEGATION, ["no-ds-at-parent"],
                     f"{where} for {zone}: an insecure delegation, so validators do not use the "
                     f"zone's keys ({format_tags(auth_dnskey)}); this failure is not a stale key")
 
-    # Each server on its own: different key sets or signing keys = a partial cut-over.
+    # Each server on its own: different DNSKEY sets = a partial cut-over.
     key_sets = {frozenset(s.keys.keys) if s.keys else frozenset() for s in servers}
-    signer_sets = {s.sig_tags for s in servers if s.sig_tags is not None}
-    if len(servers) > 1 and (len(key_sets) > 1 or len(signer_sets) > 1):
+    # Different signing keys alone are not: multi-signer zones (RFC 8901) publish one DNSKEY
+    # set and each provider signs with its own ZSK, so any server's data validates.
+    if len(servers) > 1 and len(key_sets) > 1:
         parts = []
         for s in servers:
             published = s.keys.keys if s.keys else ()

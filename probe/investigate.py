@@ -370,7 +370,9 @@ class Investigator:
         final = chain.names[-1]
         signers = [s for rr in chain.data if (s := rrsig_signer(rr)) is not None]
         # A signer counts only when the data is inside it (RFC 4035 §5.3.1).
-        target = next((s for s in signers if _is_below(final, s)), None)
+        # ... and never an ancestor of the zone (an RRSIG naming com. or the root).
+        target = next((s for s in signers if _is_below(final, s)
+                       and not _is_below(zone, s, proper=True)), None)
         if target is None and not _is_below(final, zone):
             target = await _once(self._apexes, final,
                                  lambda: self._apex_of(r, final))

@@ -51,7 +51,16 @@ def test_judge_controls() -> None:
     validating = judge_controls((B, obs(BOGUS, rcode=2, ad=False, data=False)),
                                 (S, obs(SECURE, ad=True)))
     assert validating.validating is True
-    assert judge_controls((B, obs(BOGUS, ad=False)), (S, obs(SECURE, ad=True))).validating is False
+    assert judge_controls((B, obs(BOGUS, ad=False)), (S, obs(SECURE, ad=False))).validating is False
+    assert judge_controls((B, obs(BOGUS, ad=False)), None).validating is False
+    # AD=1 on the secure name while the bogus name answers AD=0: this resolver validates, and
+    # the bogus control has gone insecure. Before: marked not-validating for the engine's life.
+    broken = judge_controls((B, obs(BOGUS, ad=False)), (S, obs(SECURE, ad=True)))
+    assert broken.validating is None and "no longer broken" in broken.detail
+    # A secure control answered without AD next to a SERVFAIL for the bogus one: validating
+    # (a negative trust anchor, or the control zone gone insecure).
+    assert judge_controls((B, obs(BOGUS, rcode=2, ad=False, data=False)),
+                          (S, obs(SECURE, ad=False))).validating is True
     assert judge_controls(None, (S, obs(SECURE, ad=False))).validating is False
     # Timeouts decide nothing (asked again next sweep); nor does a control that validated.
     assert judge_controls((B, obs(BOGUS, ad=False, outcome=Outcome.TIMEOUT, data=False)),

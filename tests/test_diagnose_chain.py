@@ -200,9 +200,17 @@ def test_island_is_an_insecure_delegation_not_a_stale_key() -> None:
     d = diagnose(island, now=NOW)
     assert d.kind is DiagnosisKind.INSECURE_DELEGATION and d.reasons == ("no-ds-at-parent",)
     assert d.recovers_in_s is None
-    # The parent's NODATA wins over a DS the resolver still caches ...
+    # The parent removed the DS, but the resolver still caches one that matches the KSK: it
+    # still validates the zone, so the stale ZSK is the cause, not an insecure delegation ...
     d = diagnose(replace(ev, parent_ds=(parent_ds(ZONE),)), now=NOW)
-    assert d.kind is DiagnosisKind.INSECURE_DELEGATION
+    assert d.kind is DiagnosisKind.STALE_DNSKEY_CACHE
+    # ... and a cached DS that matches no published key is a stale DS, recovering when it
+    # expires (before: insecure-delegation, so the SERVFAIL was called "not DNSSEC").
+    gone = make_key(ksk=True)
+    d = diagnose(replace(ev, parent_ds=(parent_ds(ZONE),), cached_ds=cached_ds(ZONE, gone)),
+                 now=NOW)
+    assert d.kind is DiagnosisKind.STALE_DS_CACHE and d.reasons == ("ds-stale-cached",)
+    assert d.recovers_in_s is not None
     # ... and with no parent evidence, no DS anywhere is an island too.
     d = diagnose(replace(island, parent_ds=()), now=NOW)
     assert d.kind is DiagnosisKind.INSECURE_DELEGATION
@@ -303,3 +311,38 @@ def test_signer_name_below_the_cut_is_not_blamed_on_the_zone() -> None:
     d = diagnose(replace(ev, signer=below), now=NOW)
     assert d.kind is DiagnosisKind.STALE_DNSKEY_CACHE and d.zone == child.name
     assert "via-cname" not in d.reasons
+
+
+def test_multi_signer_servers_are_not_inconsistent() -> None:
+    """RFC 8901: both providers publish one DNSKEY set and each signs with its own ZSK; any
+    server's data validates with it. Before: `inconsistent-sources` and no recovery time."""
+    z = SignedZone(ZONE, NOW, dnskey_ttl=3600)
+    keys = [z.ksk, z.zsk, z.standby]
+    a = AuthEvidence("192.0.2.1", z.dnskey_obs(keys, server="auth:192.0.2.1"),
+                     z.record_obs(QNAME, "PTR", PTR, z.zsk), soa(z, 7, "192.0.2.1"))
+    b = AuthEvidence("192.0.2.2", z.dnskey_obs(keys, server="auth:192.0.2.2"),
+                     z.record_obs(QNAME, "PTR", PTR, z.standby), soa(z, 7, "192.0.2.2"))
+    ev = Evidence(ZONE, QNAME, "PTR", cd_answer=servfail(QNAME, "PTR"),
+                  cached_dnskey=z.dnskey_obs([z.ksk, z.zsk], server="res", cd=True),
+                  cached_ds=cached_ds(ZONE, z.ksk), auth=(a, b),
+                  parent_ds=(parent_ds(ZONE, z.ksk),))
+    d = diagnose(ev, now=NOW)
+    assert d.kind is not DiagnosisKind.INCONSISTENT_SOURCES, d
+
+
+def test_ds_nodata_below_no_apex_is_not_an_insecure_delegation() -> None:
+    """A zones.txt entry that is no zone apex: the enclosing zone's DS NODATA proves nothing
+    about a delegation, so DNSSEC is not ruled out. Before: `insecure-delegation`."""
+    z = SignedZone(ZONE, NOW, dnskey_ttl=3600)
+    inside = Observation("res", "192.0.2.53", 53, ZONE, "SOA", True, True, NOW, Outcome.REPLY,
+                         rtt_ms=10.0, rcode=0, flags=FLAG_QR | FLAG_RD | FLAG_RA,
+                         authority=(RRsetObs("in-addr.arpa.", "SOA", 60,
+                                             ("ns. host. 1 2 3 4 5",), ()),))
+    ev = Evidence(ZONE, QNAME, "PTR", cd_answer=servfail(QNAME, "PTR"),
+                  cached_dnskey=z.dnskey_obs([z.ksk, z.zsk], server="res", cd=True),
+                  cached_ds=cached_ds(ZONE), parent_ds=(parent_ds(ZONE),), zone_soa=inside)
+    assert diagnose(ev, now=NOW).kind is not DiagnosisKind.INSECURE_DELEGATION
+    apex = replace(inside, answer=(RRsetObs(ZONE, "SOA", 60, ("ns. host. 1 2 3 4 5",), ()),),
+                   authority=())
+    assert diagnose(replace(ev, zone_soa=apex), now=NOW).kind is \
+        DiagnosisKind.INSECURE_DELEGATION
