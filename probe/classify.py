@@ -109,8 +109,16 @@ RULED_OUT_REASONS: frozenset[str] = frozenset({"zone-unsigned", "no-ds-at-parent
 def _ede_classes(obs: Observation) -> tuple[bool, bool, bool]:
     """(a DNSSEC-failure EDE, an insecure EDE (1, 2), a stale EDE (3, 19)) in the reply."""
     codes = {e.code for e in obs.ede}
-    return (bool(codes & EDE_DNSSEC_FAILURE), bool(codes & EDE_INSECURE),
-            bool(codes & EDE_STALE))
+    failed = codes & EDE_DNSSEC_FAILURE
+    # "DNSKEY/RRSIGs missing" next to "No Reachable Authority" / "Network Error" is what Unbound
+    # says when the fetch merely timed out: an unreachable server, not a validation verdict.
+    if failed <= _FETCH_FAILED and codes & _UNREACHABLE_EDE:
+        failed = set()
+    return bool(failed), bool(codes & EDE_INSECURE), bool(codes & EDE_STALE)
+
+
+_FETCH_FAILED = frozenset({9, 10})  # DNSKEY Missing, RRSIGs Missing
+_UNREACHABLE_EDE = frozenset({22, 23})  # No Reachable Authority, Network Error
 
 
 def rules_out_dnssec(diagnosis: Diagnosis | None) -> bool:

@@ -689,7 +689,10 @@ def _finish(ev: Evidence, d: Diagnosis, now: float, work: _Work) -> Diagnosis:
         d = replace(d, reasons=tuple(dict.fromkeys((*d.reasons, "probe-clock-skew"))),
                     clock_skew_s=skew_s,
                     detail=f"{d.detail}; signature times checked with the clock-skew allowance: "
-                           f"this host's clock and the signer's differ by about {skew_s} s")
+                           f"by this host's clock a signature is up to {skew_s} s outside its "
+                           "validity period - either this clock is off by that much, or the "
+                           "signatures really expired (or start) that recently, which "
+                           "validators with a smaller allowance reject")
     nsids = sorted({o.nsid for o in (ev.cd_answer, ev.cached_dnskey, ev.cached_ds)
                     if o is not None and o.nsid is not None})
     if len(nsids) > 1:

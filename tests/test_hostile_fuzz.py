@@ -791,7 +791,7 @@ def judge(cases: Sequence[Case], verdicts: Sequence[Graded], res: FakeDNS, auth:
         if v.verdict == "secure":
             ok = [m for m in main if m.flags & dns.flags.AD and (
                 (m.rcode() == 0 and answers_qname(m, qname, rdtype))
-                or (v.reason in ("ad-denial", "stale-answer")  # a stale denial keeps its verdict
+                or (v.reason in ("ad-denial", "stale-answer", "not-a-zone-apex")  # denials
                     and (m.rcode() == 3 or (m.rcode() == 0 and not m.answer))))]
             if not ok:
                 why = ("no reply it got fully parses" if not main else

@@ -34,7 +34,11 @@ def diag(kind: DiagnosisKind, *reasons: str) -> Diagnosis:
     # EDE 25 and 27 are DNSSEC failures now, not servfail-unexplained.
     (servfail(Q, "A", ede=(25,)), Verdict.BOGUS, "ede-dnssec"),
     (servfail(Q, "A", ede=(27,)), Verdict.BOGUS, "ede-dnssec"),
-    (servfail(Q, "A", ede=(22, 9)), Verdict.BOGUS, "ede-dnssec"),
+    # Unbound's EDE 9 next to 22 (No Reachable Authority) means a fetch timed out: no
+    # validation verdict; without a diagnosis or CD=1 data it stays an unexplained SERVFAIL.
+    (servfail(Q, "A", ede=(22, 9)), Verdict.SERVFAIL, "servfail-unexplained"),
+    (servfail(Q, "A", ede=(23, 10)), Verdict.SERVFAIL, "servfail-unexplained"),
+    (servfail(Q, "A", ede=(22, 6)), Verdict.BOGUS, "ede-dnssec"),  # DNSSEC Bogus still counts
     # EDE 1/2 on an answer without AD: the resolver treated the zone as insecure.
     (answer(ad=False, ede=(1,)), Verdict.INSECURE, "ede-insecure"),
     (answer(ad=False, ede=(2,)), Verdict.INSECURE, "ede-insecure"),
