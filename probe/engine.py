@@ -96,6 +96,9 @@ class EngineConfig:
                 pick(self.control_secure, DEFAULT_CONTROL_SECURE))
 
 
+CONTROL_RECHECK_S = 3600.0  # how long a decided control verdict is trusted
+
+
 @dataclass(frozen=True, slots=True)
 class CheckResult:
     """One (resolver, qname, qtype) check: raw observation, verdict, and evidence if it failed."""
@@ -178,6 +181,7 @@ class Engine:
         # Control answers, asked once per Engine and resolver; undecided ones are asked again
         # next sweep. Keyed by (name, host, port) so a changed resolver list is asked anew.
         self.controls: dict[tuple[str, str, int], ControlVerdict] = {}
+        self._controls_at: dict[tuple[str, str, int], float] = {}  # when each was decided
         # Resolvers found not validating (from controls or this sweep): name -> detail.
         self.not_validating: dict[str, str] = {}
 
@@ -224,7 +228,11 @@ class Engine:
         key = (r.name, r.host, r.port)
         known = self.controls.get(key)
         bogus, secure = self.config.controls_for(r)
-        if (known is not None and known.validating is not None) or (bogus, secure) == (None, None):
+        # A decided verdict holds for an hour: a daemon runs for months, and a resolver (or
+        # the control zone) can change; asking two names an hour costs nothing.
+        fresh = self.clock() - self._controls_at.get(key, 0.0) < CONTROL_RECHECK_S
+        if (known is not None and known.validating is not None and fresh) \
+                or (bogus, secure) == (None, None):
             return
         try:
             querier.transport.channel(r.host, r.port)
@@ -239,7 +247,11 @@ class Engine:
                                     throttle=throttle, triage=False)
             return c, obs
         b, s = await asyncio.gather(ask(bogus), ask(secure))
-        self.controls[key] = judge_controls(b, s)
+        verdict = judge_controls(b, s)
+        if verdict.validating is None and known is not None and known.validating is not None:
+            return  # a timeout on a re-check keeps the last decided verdict
+        self.controls[key] = verdict
+        self._controls_at[key] = self.clock()
 
     def _mark_not_validating(self, rows: list[CheckResult],
                              resolvers: Sequence[ResolverSpec]) -> list[CheckResult]:

@@ -196,3 +196,30 @@ def test_daemon_config_keys_are_checked() -> None:
                        ("clock_skew", -1), ("clock_skew", 90000)):
         with pytest.raises(ConfigError, match=key):
             build({}, {key: value})
+
+
+async def test_decided_controls_are_asked_again_after_an_hour() -> None:
+    """A daemon keeps one Engine for months: a verdict is re-checked hourly, so a resolver
+    that starts validating loses its `not-validating` mark (before: kept for ever)."""
+    now = [1_800_000_000.0]
+    cfg = EngineConfig(qps=0, timeout=0.5, retries=0, diagnose=False,
+                       control_bogus=f"{BOGUS}/A", control_secure=f"{SECURE}/A")
+    engine = Engine(cfg, clock=lambda: now[0])
+    validates = {"on": False}
+
+    def changing(req: Request) -> bytes | None:
+        return validator(req) if validates["on"] else non_validator(req)
+
+    with FakeDNS(changing) as srv:
+        r = [ResolverSpec("c", HOST, srv.port)]
+        first = await engine.sweep(ZONES, r)
+        validates["on"] = True
+        now[0] += 600
+        await engine.sweep(ZONES, r)  # within the hour: not asked again
+        assert asked(srv, BOGUS) == 1 and "c" in engine.not_validating
+        now[0] += 3600
+        later = await engine.sweep(ZONES, r)
+        assert asked(srv, BOGUS) == 2
+    assert {x.classification.reason for x in first} == {"not-validating"}
+    assert "not-validating" not in {x.classification.reason for x in later}
+    assert "c" not in engine.not_validating
