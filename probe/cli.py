@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-import dns.exception
-import dns.name
-import dns.rdatatype
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from probe import __version__
 from probe.codes import REASONS, SEVERITY, DiagnosisKind, Verdict
+from probe.controls import parse_control
 from probe.daemon.config import DaemonConfig
 from probe.engine import CheckResult, Engine, EngineConfig
 from probe.errors import ConfigError
@@ -135,31 +133,15 @@ def show_progress(err: Console, *, as_json: bool) -> bool:
 
 
 def _control_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """NAME or NAME/TYPE, checked before anything is sent; passed on as given."""
+    """NAME or NAME/TYPE, checked (as the engine parses it) before anything is sent; passed on
+    as given."""
     if value is None:
         return None
-    name, slash, qtype = value.rpartition("/")
-    if not slash or "." in qtype:
-        # No type: a slash inside a label is part of the name (RFC 2317 "0/26.2.0.192...").
-        name = value
-    elif not _known_type(qtype):
-        raise click.BadParameter(f"{visible(value)!r}: {visible(qtype)!r} is not a DNS type")
     try:
-        dns.name.from_text(name)
-    except (dns.exception.DNSException, ValueError) as exc:
-        raise click.BadParameter(f"{visible(value)!r} is not a domain name[/TYPE]: "
-                                 f"{exc.__class__.__name__}") from None
-    if not value.isprintable() or not name.strip("."):
-        raise click.BadParameter(f"{visible(value)!r} is not a domain name[/TYPE]")
+        parse_control(value, what="control name")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
     return value
-
-
-def _known_type(text: str) -> bool:
-    try:
-        dns.rdatatype.from_text(text)
-    except (dns.exception.DNSException, ValueError):
-        return False
-    return bool(text)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
