@@ -178,10 +178,10 @@ class Engine:
         self.clock = clock
         # Kept for the engine's life, shared by the sweep and its follow-up questions.
         self.templates = TemplateCache()
-        # Control answers, asked once per Engine and resolver; undecided ones are asked again
-        # next sweep. Keyed by (name, host, port) so a changed resolver list is asked anew.
-        self.controls: dict[tuple[str, str, int], ControlVerdict] = {}
-        self._controls_at: dict[tuple[str, str, int], float] = {}  # when each was decided
+        # Control answers and when they were decided, per resolver; undecided ones are asked
+        # again next sweep, decided ones after CONTROL_RECHECK_S. Keyed by (name, host, port)
+        # so a changed resolver list is asked anew.
+        self.controls: dict[tuple[str, str, int], tuple[ControlVerdict, float]] = {}
         # Resolvers found not validating (from controls or this sweep): name -> detail.
         self.not_validating: dict[str, str] = {}
 
@@ -226,11 +226,11 @@ class Engine:
                             throttle: Throttle | None) -> None:
         """Ask the control names once per Engine (again next sweep while undecided)."""
         key = (r.name, r.host, r.port)
-        known = self.controls.get(key)
+        known, decided_at = self.controls.get(key, (None, 0.0))
         bogus, secure = self.config.controls_for(r)
         # A decided verdict holds for an hour: a daemon runs for months, and a resolver (or
         # the control zone) can change; asking two names an hour costs nothing.
-        fresh = self.clock() - self._controls_at.get(key, 0.0) < CONTROL_RECHECK_S
+        fresh = self.clock() - decided_at < CONTROL_RECHECK_S
         if (known is not None and known.validating is not None and fresh) \
                 or (bogus, secure) == (None, None):
             return
@@ -250,8 +250,7 @@ class Engine:
         verdict = judge_controls(b, s)
         if verdict.validating is None and known is not None and known.validating is not None:
             return  # a timeout on a re-check keeps the last decided verdict
-        self.controls[key] = verdict
-        self._controls_at[key] = self.clock()
+        self.controls[key] = (verdict, self.clock())
 
     def _mark_not_validating(self, rows: list[CheckResult],
                              resolvers: Sequence[ResolverSpec]) -> list[CheckResult]:
@@ -259,7 +258,7 @@ class Engine:
         found: dict[str, str] = {}
         uncontrolled: set[str] = set()
         for r in resolvers:
-            v = self.controls.get((r.name, r.host, r.port))
+            v, _ = self.controls.get((r.name, r.host, r.port), (None, 0.0))
             if v is not None and v.validating is False:
                 found[r.name] = v.detail
             elif self.config.controls_for(r) == (None, None):
