@@ -289,20 +289,16 @@ def _keyset(rrset: RRsetObs, origin: dns.name.Name, work: _Work) -> _KeySet:
     return ks
 
 
-def _dnskey_tags(obs: Observation | None, zone: str, work: _Work) -> tuple[int, ...]:
+def dnskey_tags(obs: Observation | None, zone: str) -> tuple[int, ...]:
+    """Key tags of the zone's DNSKEY RRset in an observation (empty when absent; the first
+    MAX_RDATAS keys only)."""
     if obs is None or obs.outcome is not Outcome.REPLY:
         return ()
-    origin = dns.name.from_text(zone)
+    origin, work = dns.name.from_text(zone), _Work()
     tags: set[int] = set()
     for r in obs.rrsets("DNSKEY", zone)[:MAX_SIGNED_RRSETS]:
         tags.update(_keyset(r, origin, work).tags)
     return tuple(sorted(tags))
-
-
-def dnskey_tags(obs: Observation | None, zone: str) -> tuple[int, ...]:
-    """Key tags of the zone's DNSKEY RRset in an observation (empty when absent; the first
-    MAX_RDATAS keys only)."""
-    return _dnskey_tags(obs, zone, _Work())
 
 
 _DENIAL_TYPES = frozenset({"NSEC", "NSEC3", "SOA"})
@@ -362,10 +358,11 @@ def authoritative(obs: Observation | None) -> bool:
     )
 
 
-def _dnskey_ttl(obs: Observation | None, zone: str) -> int | None:
+def _ttl(obs: Observation | None, rdtype: str, zone: str) -> int | None:
+    """Remaining TTL of the zone's `rdtype` RRset in a reply (None when absent)."""
     if obs is None or obs.outcome is not Outcome.REPLY:
         return None
-    rr = obs.rrsets("DNSKEY", zone)
+    rr = obs.rrsets(rdtype, zone)
     return rr[0].ttl if rr else None
 
 
@@ -710,7 +707,7 @@ def _finish(ev: Evidence, d: Diagnosis, now: float, work: _Work) -> Diagnosis:
 
 
 def _source_dnskey_ttl(ev: Evidence) -> int | None:
-    ttls = [_dnskey_ttl(a.dnskey, ev.zone) for a in ev.auth if authoritative(a.dnskey)]
+    ttls = [_ttl(a.dnskey, "DNSKEY", ev.zone) for a in ev.auth if authoritative(a.dnskey)]
     known = [t for t in ttls if t is not None]
     return max(known) if known else None
 
@@ -785,13 +782,12 @@ def _diagnose_zone(ev: Evidence, now: float, skew: float, work: _Work) -> Diagno
     origin = dns.name.from_text(zone)
     cached_keys = _keys_of(ev.cached_dnskey, zone, work)
     cached_tags = tuple(sorted(cached_keys.tags)) if cached_keys else ()
-    cached_ttl = _dnskey_ttl(ev.cached_dnskey, zone)
+    cached_ttl = _ttl(ev.cached_dnskey, "DNSKEY", zone)
     cached_set = set(cached_keys.keys) if cached_keys else set()
 
     # The DS: the parent's servers' (authoritative, RD=0) when asked; else the resolver's cache.
     cached_ds_texts = _ds_texts(ev.cached_ds, zone)
-    cds = ev.cached_ds.rrsets("DS", zone) if ev.cached_ds and ev.cached_ds.outcome is Outcome.REPLY else []
-    cached_ds_ttl = cds[0].ttl if cds else None
+    cached_ds_ttl = _ttl(ev.cached_ds, "DS", zone)
     parent_replies = [p for p in ev.parent_ds if authoritative(p.ds)]
     if parent_replies:
         ds_texts = tuple(dict.fromkeys(t for p in parent_replies if p.ds is not None
@@ -839,11 +835,11 @@ def _diagnose_zone(ev: Evidence, now: float, skew: float, work: _Work) -> Diagno
         received = obs.received if obs else None
         return None if ttl is None or received is None else received + ttl
 
-    def recovery(at: float | None) -> tuple[int | None, float | None, str]:
+    def recovery(at: float | None, what: str = "that") -> tuple[int | None, float | None, str]:
         if at is None:
             return None, None, ""
         rin = max(0, math.ceil(at - now))
-        return rin, at, f"; recovers when that expires in about {rin} s ({BOGUS_CACHE_CAVEAT})"
+        return rin, at, f"; recovers when {what} expires in about {rin} s ({BOGUS_CACHE_CAVEAT})"
 
     # No DS at the parent: the zone is insecure whatever keys it serves (an island).
     signed_servers = [s for s in servers if s.keys is not None and s.keys.keys]
@@ -861,9 +857,7 @@ def _diagnose_zone(ev: Evidence, now: float, skew: float, work: _Work) -> Diagno
             except _OutOfBudget:
                 held_ok = True  # not proven stale: say nothing rather than guess
         if not held_ok:
-            received = ev.cached_ds.received if ev.cached_ds else None
-            rin, at, tail = recovery(None if received is None or cached_ds_ttl is None
-                                     else received + cached_ds_ttl)
+            rin, at, tail = recovery(expiry(ev.cached_ds, cached_ds_ttl))
             return make(DiagnosisKind.STALE_DS_CACHE, ["ds-stale-cached"],
                         f"the parent's servers serve no DS for {zone}, but the resolver caches "
                         f"DS {format_tags(cached_ds_tags)}, which matches no key the zone "
@@ -983,14 +977,14 @@ def _diagnose_zone(ev: Evidence, now: float, skew: float, work: _Work) -> Diagno
             ds_keys = {(d.key_tag, int(d.algorithm)) for d in parent_ds}
             collide = [k for k in cached_keys.keys
                        if (dns.dnssec.key_id(k), int(k.algorithm)) in ds_keys]
-            rin, rat, words = recovery(expiry(ev.cached_dnskey, cached_ttl))
+            rin, rat, words = recovery(expiry(ev.cached_dnskey, cached_ttl), "that set")
             extra = (f"; cached key {format_tags(dns.dnssec.key_id(k) for k in collide)} has "
                      "the DS's key tag but other key material" if collide else "")
             return make(DiagnosisKind.STALE_DNSKEY_VS_DS,
                         ["dnskey-stale-for-ds", *(["keytag-collision"] if collide else [])],
                         f"the parent's DS {format_tags(ds_tags)} matches the published KSK, but "
                         f"the resolver's cached DNSKEY set {format_tags(cached_tags)} has no key "
-                        f"it matches{extra}" + words.replace("that expires", "that set expires"),
+                        f"it matches{extra}" + words,
                         rin, rat)
 
     # The keys that sign the data at the source, compared with the cache by full RDATA.
@@ -1027,12 +1021,12 @@ def _diagnose_zone(ev: Evidence, now: float, skew: float, work: _Work) -> Diagno
     # Stale only if no signing key is cached: with a double signature (RFC 6781 §4.1.1.2) one
     # cached key is enough to validate, so the SERVFAIL has another cause.
     if signing and not signing & cached_set:
-        rin, rat, words = recovery(expiry(ev.cached_dnskey, cached_ttl))
+        rin, rat, words = recovery(expiry(ev.cached_dnskey, cached_ttl), "that set")
         tags = format_tags({dns.dnssec.key_id(k) for k in signing})
         return make(DiagnosisKind.STALE_DNSKEY_CACHE, ["dnskey-not-cached", *collision],
                     f"signed by key {tags}, published at the source, but the resolver caches "
                     f"DNSKEY set {format_tags(cached_tags)}{collision_words}"
-                    + words.replace("that expires", "that set expires"), rin, rat)
+                    + words, rin, rat)
 
     return make(DiagnosisKind.UNKNOWN, ["cache-matches-source", *collision],
                 f"the resolver caches the keys that sign the data ({format_tags(cached_tags)})"
