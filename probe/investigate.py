@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -44,8 +44,8 @@ MAX_PARENT_WALK = 8  # SOA questions (CD=1) walking up from a zone to find its p
 MAX_SIGNER_DEPTH = 2  # zones followed from a check's zone to where its data is signed
 
 SOURCE_ZONES_FILE = "zones-file"
-_ANSWERED = (0, 3)  # NOERROR, NXDOMAIN: an answer, even if empty
 SOURCE_DISCOVERED = "discovered"  # Evidence.auth_resolvers names the resolvers that agreed
+_ANSWERED = (0, 3)  # NOERROR, NXDOMAIN: an answer, even if empty
 
 
 def _once(cache: dict[K, asyncio.Task[T]], key: K,
@@ -182,20 +182,15 @@ def rrsig_signer(rrset: RRsetObs) -> str | None:
     return None
 
 
-def _soa_owner(obs: Observation, section: str) -> str | None:
-    rrsets = obs.answer if section == "answer" else obs.authority
-    return next((r.name.lower() for r in rrsets if r.rdtype == "SOA"), None)
+def _authority_soa_owner(obs: Observation) -> str | None:
+    return next((r.name.lower() for r in obs.authority if r.rdtype == "SOA"), None)
 
 
 def apex_note(zone: str, soa: Observation | None) -> str | None:
     """A note when the resolver's SOA answer (CD=1) at `zone` shows it is not a zone apex: no
     SOA owned by the name, and the authority section's SOA names the real apex (RFC 2308 §3)."""
-    if soa is None or soa.outcome is not Outcome.REPLY or soa.rcode not in _ANSWERED:
-        return None
-    if soa.rrsets("SOA", zone):
-        return None
-    apex = _soa_owner(soa, "authority")
-    if apex is None or apex == zone.lower() or not _is_below(zone, apex):
+    apex = None if soa is None else _apex_from_soa(zone, soa)
+    if apex is None or apex == zone.lower():
         return None
     return f"not-a-zone-apex: {zone} is not a zone apex; the apex is {apex}"
 
@@ -209,7 +204,7 @@ def parent_from_ds(zone: str, cached_ds: Observation | None) -> str | None:
         signer = rrsig_signer(rr)
         if signer is not None and _is_below(zone, signer, proper=True):
             return signer
-    owner = _soa_owner(cached_ds, "authority")
+    owner = _authority_soa_owner(cached_ds)
     if owner is not None and _is_below(zone, owner, proper=True):
         return owner
     return None
@@ -221,7 +216,7 @@ def _apex_from_soa(name: str, soa: Observation) -> str | None:
         return None
     if soa.rrsets("SOA", name):
         return name.lower()
-    owner = _soa_owner(soa, "authority")
+    owner = _authority_soa_owner(soa)
     return owner if owner is not None and _is_below(name, owner) else None
 
 
@@ -347,11 +342,9 @@ class Investigator:
                              lambda: self.q.ask(f"auth:{host}", host, port, ds_t, triage=False))
             if ds.outcome is Outcome.UNREACHABLE:
                 return None
-            return ParentEvidence(host if port == 53 else f"{host}:{port}", ds)
+            return ParentEvidence(_server_label(host, port), ds)
 
-        asked = await asyncio.gather(*(one(h, p) for h, p in
-                                       found.servers[: 2 * self.max_auth_servers]))
-        got = tuple(a for a in asked if a is not None)[: self.max_auth_servers]
+        got = await self._each_server(found.servers, one)
         if not any(p.ds is not None and p.ds.outcome is Outcome.REPLY for p in got):
             notes.append(f"no server of the parent zone {parent} answered for the DS of {zone}")
         return parent, got, tuple(notes)
@@ -384,10 +377,9 @@ class Investigator:
         apex = _apex_from_soa(name, await self._soa(r, name))
         # PowerDNS SERVFAILs even CD=1 questions inside a zone it finds bogus, and a CNAME
         # target in a freshly cut-over zone is exactly that: ask up to two other resolvers.
-        for other in [x for x in self.resolvers if x != r][:2]:
-            if apex is not None:
-                break
-            apex = _apex_from_soa(name, await self._ask(other, name, "SOA"))
+        others = [x for x in self.resolvers if x != r][:2]
+        while apex is None and others:
+            apex = _apex_from_soa(name, await self._ask(others.pop(0), name, "SOA"))
         return apex
 
     async def _follow(self, r: ResolverSpec, zone: ZoneSpec, probe: ProbeName,
@@ -545,15 +537,23 @@ class Investigator:
             )
             if dnskey.outcome is Outcome.UNREACHABLE:
                 return None  # e.g. an IPv6 server seen from a host without IPv6
-            return AuthEvidence(host if port == 53 else f"{host}:{port}", dnskey, answer, soa)
+            return AuthEvidence(_server_label(host, port), dnskey, answer, soa)
 
-        # Every address of every NS (bounded): servers of one zone may serve different
-        # versions. In parallel, so a dead server costs one timeout, not one per server; twice
-        # the wanted count because some addresses may be unreachable from here.
-        asked = await asyncio.gather(*(
-            one(h, p) for h, p in servers[: 2 * self.max_auth_servers]
-        ))
+        # Every address of every NS (bounded): servers of one zone may serve different versions.
+        return await self._each_server(servers, one)
+
+    async def _each_server(self, servers: tuple[tuple[str, int], ...],
+                           one: Callable[[str, int], Awaitable[T | None]]) -> tuple[T, ...]:
+        """`one` for each server, in parallel, so a dead server costs one timeout, not one per
+        server; twice the wanted count are asked because some addresses may be unreachable from
+        here (`one` gives None), and at most max_auth_servers answers are kept."""
+        asked = await asyncio.gather(*(one(h, p) for h, p in servers[: 2 * self.max_auth_servers]))
         return tuple(a for a in asked if a is not None)[: self.max_auth_servers]
+
+
+def _server_label(host: str, port: int) -> str:
+    """How evidence names a server: the address, with the port only when it is not 53."""
+    return host if port == 53 else f"{host}:{port}"
 
 
 def _agreeing_pair(voters: Sequence[tuple[ResolverSpec, frozenset[str]]]
