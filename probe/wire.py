@@ -65,13 +65,15 @@ class QueryTemplate:
 
 def make_template(
     qname: str, qtype: str, *, rd: bool = True, cd: bool = False, payload: int = EDNS_PAYLOAD,
-    nsid: bool = False,
+    nsid: bool = False, rdclass: str = "IN", dnssec: bool = True,
 ) -> QueryTemplate:
-    """Build an EDNS0 query with DO=1 (RFC 4035 §3.2.1) and the given RD/CD bits; `nsid`: also
-    ask which server instance answers (an empty NSID option, RFC 5001 §2.1)."""
+    """Build an EDNS0 query with DO=1 (RFC 4035 §3.2.1; `dnssec=False`: DO=0) and the given
+    RD/CD bits; `nsid`: also ask which server instance answers (an empty NSID option, RFC 5001
+    §2.1)."""
     options: list[dns.edns.Option] = [dns.edns.NSIDOption(b"")] if nsid else []
     q = dns.message.make_query(
-        qname, qtype, use_edns=0, want_dnssec=True, payload=payload, options=options
+        qname, qtype, rdclass=rdclass, use_edns=0, want_dnssec=dnssec, payload=payload,
+        options=options,
     )
     q.id = 0
     q.flags = (dns.flags.RD if rd else 0) | (dns.flags.CD if cd else 0)
@@ -80,7 +82,8 @@ def make_template(
     name_wire = name.to_wire()
     assert name_wire is not None
     rdtype = dns.rdatatype.from_text(qtype)
-    typeclass = int(rdtype).to_bytes(2, "big") + int(dns.rdataclass.IN).to_bytes(2, "big")
+    typeclass = int(rdtype).to_bytes(2, "big") + int(
+        dns.rdataclass.from_text(rdclass)).to_bytes(2, "big")
     return QueryTemplate(
         qname=name.to_text(), qtype=dns.rdatatype.to_text(rdtype), rd=rd, cd=cd, wire=wire,
         qname_wire_lower=name_wire.lower(), typeclass=typeclass,
@@ -90,20 +93,7 @@ def make_template(
 def make_id_server_template(qname: str = "id.server.", *, nsid: bool = True) -> QueryTemplate:
     """A CHAOS-class TXT query for the answering server's own identity (`id.server.`, RFC 4892
     §2.3; BIND and Unbound also answer `hostname.bind.`): RD=0, EDNS0 without DO, and NSID."""
-    options: list[dns.edns.Option] = [dns.edns.NSIDOption(b"")] if nsid else []
-    q = dns.message.make_query(qname, "TXT", rdclass="CH", use_edns=0, payload=EDNS_PAYLOAD,
-                               options=options)
-    q.id = 0
-    q.flags = 0
-    name = dns.name.from_text(qname)
-    name_wire = name.to_wire()
-    assert name_wire is not None
-    typeclass = int(dns.rdatatype.TXT).to_bytes(2, "big") + int(
-        dns.rdataclass.CH).to_bytes(2, "big")
-    return QueryTemplate(
-        qname=name.to_text(), qtype="TXT", rd=False, cd=False, wire=q.to_wire(),
-        qname_wire_lower=name_wire.lower(), typeclass=typeclass,
-    )
+    return make_template(qname, "TXT", rd=False, nsid=nsid, rdclass="CH", dnssec=False)
 
 
 def id_server_text(reply: bytes, qname: str = "id.server.") -> str | None:
