@@ -227,8 +227,8 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
             results, interrupted = collected, True
         except Exception as exc:  # a bug must not lose what was already collected
             results, interrupted, failure = collected, True, exc
-    # Set by the engine when a resolver answered the bogus control; absent in older engines.
-    not_validating: dict[str, str] = dict(getattr(engine, "not_validating", None) or {})
+    # Resolvers that answered the bogus control (or were seen not validating) in this sweep.
+    not_validating = dict(engine.not_validating)
     if as_json:
         click.echo(to_json(results, raw=raw, interrupted=interrupted,
                            not_validating=not_validating))

@@ -232,13 +232,11 @@ class FakeEngine:
 
     configs: ClassVar[list[EngineConfig]] = []
     results: ClassVar[list[CheckResult]] = []
-    # None: the attribute is absent, as in an engine without the control queries.
-    planned_not_validating: ClassVar[dict[str, str] | None] = None
+    planned_not_validating: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: EngineConfig) -> None:
         FakeEngine.configs.append(config)
-        if FakeEngine.planned_not_validating is not None:
-            self.not_validating = FakeEngine.planned_not_validating
+        self.not_validating = FakeEngine.planned_not_validating
 
     async def sweep(self, zones: Any, resolvers: Any, *, progress: Any = None
                     ) -> list[CheckResult]:
@@ -253,7 +251,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     monkeypatch.setattr(probe.cli, "Engine", FakeEngine)
     monkeypatch.setenv("COLUMNS", "160")
     FakeEngine.configs, FakeEngine.results = [], sweep()
-    FakeEngine.planned_not_validating = None
+    FakeEngine.planned_not_validating = {}
     zones = tmp_path / "zones.txt"
     zones.write_text("".join(f"{z.name}\n" for z in ZONES))
     yield zones
