@@ -53,7 +53,7 @@ class DiagnosisKind(StrEnum):
     STALE_DS_CACHE = "stale-ds-cache"
     # The resolver's cached DNSKEY set has no key the parent's current DS points to.
     STALE_DNSKEY_VS_DS = "stale-dnskey-vs-ds"
-    # The zone's authoritative servers serve different DNSKEY sets or signing keys.
+    # The zone's authoritative servers serve different DNSKEY sets (a partial cut-over).
     INCONSISTENT_SOURCES = "inconsistent-sources"
     # No DS at the parent: an insecure delegation (or an island), never a stale-key case.
     INSECURE_DELEGATION = "insecure-delegation"
@@ -134,7 +134,8 @@ REASONS: dict[str, Reason] = {
         _r("dnskey-stale-for-ds", "the resolver's cached DNSKEY set has no key that the "
            "parent's current DS matches", "RFC 4035 §5.2; RFC 7583 §3.3.4"),
         _r("sources-disagree", "the zone's authoritative servers serve different DNSKEY sets "
-           "or sign with different keys", "RFC 1034 §4.3.5; RFC 6781 §4.1"),
+           "(signing with different keys of one set is multi-signer, RFC 8901, not this)",
+           "RFC 1034 §4.3.5; RFC 6781 §4.1; RFC 8901"),
         _r("no-ds-at-parent", "the parent's servers hold no DS for the zone: an insecure "
            "delegation, so a validator does not use the zone's keys", "RFC 4035 §5.2; RFC 4033 §5"),
         _r("keytag-collision", "two different keys share one key tag; keys were compared by "
