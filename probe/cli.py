@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from probe import __version__
-from probe.codes import REASONS, SEVERITY, DiagnosisKind, Verdict
+from probe.codes import FINDINGS, REASONS, SEVERITY, DiagnosisKind, Verdict
 from probe.controls import parse_control
 from probe.daemon.config import DaemonConfig
 from probe.engine import CheckResult, Engine, EngineConfig
@@ -345,6 +345,83 @@ def incidents(state_dir: str | None, config_file: str | None, as_json: bool,
                   (f", {len(found)} listed" if show_all else ""))
 
 
+def _margin(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+    from probe.audit.findings import ExpiryMargin
+
+    try:
+        return ExpiryMargin.parse(value, what=f"--{param.name.replace('_', '-')}"
+                                  if param.name else "margin")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command()
+@click.argument("zones", nargs=-1)
+@click.option("--zones", "zones_file", metavar="FILE", help="Zone list (default ./zones.txt); "
+              "ns=, primary= and standby= name the servers to audit.")
+@click.option("--state-dir", metavar="DIR",
+              help="Where the history is kept (default: the daemon's state_dir).")
+@click.option("--resolver", "resolver_specs", multiple=True, metavar="NAME=ADDRESS[:PORT]",
+              help="Resolver used to find name servers and the parent (repeatable).")
+@click.option("--resolvers", "resolver_files", multiple=True, metavar="FILE",
+              help="File of resolvers used to find name servers and the parent.")
+@click.option("--with-defaults", is_flag=True,
+              help="Keep the built-in public resolvers next to --resolver(s).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the findings.")
+@click.option("--raw", is_flag=True, help="With --json: include every server's raw answers.")
+@click.option("--timeout", type=FiniteFloat(0, open_min=True), default=2.0, show_default=True,
+              help="Seconds per attempt.")
+@click.option("--retries", type=int, default=2, show_default=True)
+@click.option("--margin", type=FiniteFloat(0), default=300.0, show_default=True,
+              help="Propagation margin in seconds added to a TTL before a new key may be used.")
+@click.option("--inconsistent-window", type=FiniteFloat(0), default=600.0, show_default=True,
+              help="Seconds name servers may disagree before it is a finding.")
+@click.option("--expiry-warning", default="20%", show_default=True, callback=_margin,
+              help="Signature expiry warning: share of validity left (N%) or time (5d, 12h).")
+@click.option("--expiry-critical", default="10%", show_default=True, callback=_margin,
+              help="Signature expiry critical margin, as --expiry-warning.")
+@click.option("--allow-local-auth", is_flag=True,
+              help="Also ask name servers at loopback / private addresses learnt from NS "
+                   "lookups (labs).")
+def audit(zones: tuple[str, ...], zones_file: str | None, state_dir: str | None,
+          resolver_specs: tuple[str, ...], resolver_files: tuple[str, ...], with_defaults: bool,
+          as_json: bool, raw: bool, timeout: float, retries: int, margin: float,
+          inconsistent_window: float, expiry_warning: Any, expiry_critical: Any,
+          allow_local_auth: bool) -> None:
+    """Audit the keys ZONES' servers and signers serve, once; history is kept in the state dir."""
+    from probe.audit.auditor import AuditConfig, Auditor
+    from probe.audit.findings import AuditPolicy
+    from probe.audit.history import AuditHistory
+    from probe.audit.report import render_audit
+    from probe.daemon.config import default_state_dir
+
+    if raw and not as_json:
+        raise click.UsageError("--raw only applies to --json output")
+    zone_specs = _zones(zones_file, zones)
+    resolvers = _resolvers(resolver_specs, resolver_files, with_defaults, None)
+    policy = AuditPolicy(margin=margin, inconsistent_window=inconsistent_window,
+                         expiry_warning=expiry_warning, expiry_critical=expiry_critical)
+    history = AuditHistory.open(Path(state_dir or default_state_dir()).expanduser())
+    try:
+        auditor = Auditor(AuditConfig(timeout=timeout, retries=retries,
+                                      allow_local_auth=allow_local_auth),
+                          resolvers, history, policy)
+        _run_loop()
+        try:
+            report = asyncio.run(auditor.run(zone_specs))
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing recorded", err=True)
+            sys.exit(EXIT_UNKNOWN)
+    finally:
+        history.close()
+    if as_json:
+        click.echo(json.dumps(report.to_json(raw=raw), indent=2))
+    else:
+        out = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
+        render_audit(report, out)
+    sys.exit(report.exit_status)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
 def codes(as_json: bool) -> None:
@@ -355,6 +432,8 @@ def codes(as_json: bool) -> None:
             "diagnoses": [k.value for k in DiagnosisKind],
             "reasons": {r.code: {"meaning": r.meaning, "reference": r.reference}
                         for r in REASONS.values()},
+            "findings": {f.code.value: {"severity": f.severity.value, "meaning": f.meaning,
+                                        "reference": f.reference} for f in FINDINGS.values()},
         }, indent=2))
         return
     console = Console()
@@ -364,6 +443,11 @@ def codes(as_json: bool) -> None:
     console.print(table)
     console.print("verdicts: " + ", ".join(f"{v.value} ({SEVERITY[v].value})" for v in Verdict))
     console.print("diagnoses: " + ", ".join(k.value for k in DiagnosisKind))
+    audit_table = Table("finding", "severity", "meaning", "reference",
+                        title="audit findings (dnssec-probe audit)")
+    for f in FINDINGS.values():
+        audit_table.add_row(f.code.value, f.severity.value, f.meaning, f.reference)
+    console.print(audit_table)
 
 
 def _raise_fd_limit() -> None:

@@ -161,6 +161,71 @@ REASONS: dict[str, Reason] = {
     )
 }
 
+class FindingCode(StrEnum):
+    """What the signer-side key audit (`dnssec-probe audit`, issue 9) found about a zone."""
+
+    UNSAFE_ROLLOVER = "unsafe-rollover"
+    SIGNER_KEY_MISMATCH = "signer-key-mismatch"
+    INCONSISTENT_SERVERS = "inconsistent-servers"
+    KEY_CHANGE = "key-change"
+    SIGNATURE_EXPIRY = "signature-expiry"
+    NO_HISTORY = "no-history"
+    NO_SERVER_ANSWERED = "no-server-answered"
+
+
+class FindingSeverity(StrEnum):
+    """How loud a finding is: critical pages, warning shows, info only annotates."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class FindingInfo:
+    """A finding code, its usual severity, a one-line meaning and its reference."""
+
+    code: FindingCode
+    severity: FindingSeverity
+    meaning: str
+    reference: str
+
+
+FINDINGS: dict[FindingCode, FindingInfo] = {
+    f.code: f
+    for f in (
+        FindingInfo(FindingCode.UNSAFE_ROLLOVER, FindingSeverity.CRITICAL,
+                    "data (or the DNSKEY RRset) is signed by a key that was missing from a "
+                    "DNSKEY RRset served within the preceding DNSKEY TTL plus margin, or the "
+                    "DNSKEY RRset by a KSK no DS served within the preceding DS TTL matches: "
+                    "resolvers holding the old set fail until at_risk_until",
+                    "RFC 6781 §4.1.1-4.1.2; RFC 7583 §3.3.1-3.3.3"),
+        FindingInfo(FindingCode.SIGNER_KEY_MISMATCH, FindingSeverity.CRITICAL,
+                    "a standby or primary signer serves or signs with other keys than the "
+                    "zone's name servers: a failover to it now would be an unsafe rollover",
+                    "RFC 6781 §4.1.1; RFC 7583 §3.3"),
+        FindingInfo(FindingCode.INCONSISTENT_SERVERS, FindingSeverity.WARNING,
+                    "the zone's name servers serve different SOA serials or DNSKEY sets for "
+                    "longer than the configured window (data compared, never TTLs)",
+                    "RFC 1034 §4.3.5; RFC 1996"),
+        FindingInfo(FindingCode.KEY_CHANGE, FindingSeverity.INFO,
+                    "the DNSKEY RRset a server serves changed: keys added and removed",
+                    "RFC 7583 §3"),
+        FindingInfo(FindingCode.SIGNATURE_EXPIRY, FindingSeverity.WARNING,
+                    "signatures expire within the warning (critical) margin, or their remaining "
+                    "validity is shorter than the TTL of what they sign",
+                    "RFC 4034 §3.1.5; RFC 6781 §4.4.2"),
+        FindingInfo(FindingCode.NO_HISTORY, FindingSeverity.INFO,
+                    "the audit history of the zone is shorter than its DNSKEY TTL plus margin: "
+                    "a key change before the history began cannot be judged",
+                    "RFC 7583 §3.3.1"),
+        FindingInfo(FindingCode.NO_SERVER_ANSWERED, FindingSeverity.WARNING,
+                    "no name server or signer of the zone gave an authoritative DNSKEY answer: "
+                    "nothing could be audited", "RFC 1034 §4.3.2"),
+    )
+}
+
+
 # Extended DNS Error codes that mean "DNSSEC validation failed" (RFC 8914 §4).
 # 1 and 2 (unsupported algorithm / digest) mean the zone is treated as insecure (RFC 4035 §5.2),
 # not failed; 27 (NSEC3 iterations, RFC 9276 §3.2) fails only when the rcode is SERVFAIL.

@@ -285,6 +285,25 @@ class Investigator:
                         tuple(notes), found.resolvers if found.servers else (),
                         parent=parent, parent_ds=parent_ds, zone_soa=zone_soa, signer=signer)
 
+    # -- for the signer-side audit (probe.audit.collect): the same shared discovery ----------
+
+    async def name_servers(self, zone: ZoneSpec) -> Discovery:
+        """The zone's servers: zones.txt `ns=`, else the NS addresses two resolvers agree on."""
+        if zone.ns:
+            return Discovery(zone.ns, SOURCE_ZONES_FILE)
+        if not self.resolvers:
+            return Discovery((), "none", ("no resolver to find the name servers with",))
+        return await _once(self._servers, zone.name,
+                           lambda: self._discover(zone, self.resolvers[0]))
+
+    async def parent_ds(self, zone: str
+                        ) -> tuple[str | None, tuple[ParentEvidence, ...], tuple[str, ...]]:
+        """The zone's DS as each server of its parent serves it (RD=0), parent found by SOA."""
+        if not self.resolvers:
+            return None, (), ("no resolver to find the parent zone with",)
+        r = self.resolvers[0]
+        return await _once(self._parents, zone, lambda: self._parent_ds(r, zone, None))
+
     async def _zone_sources(self, resolver: ResolverSpec, zone: ZoneSpec, probe: ProbeName
                             ) -> tuple[Discovery, tuple[AuthEvidence, ...], list[str]]:
         if zone.ns:  # not cached by name: a signer zone of the same name may be discovered
@@ -342,7 +361,7 @@ class Investigator:
                              lambda: self.q.ask(f"auth:{host}", host, port, ds_t, triage=False))
             if ds.outcome is Outcome.UNREACHABLE:
                 return None
-            return ParentEvidence(_server_label(host, port), ds)
+            return ParentEvidence(server_label(host, port), ds)
 
         got = await self._each_server(found.servers, one)
         if not any(p.ds is not None and p.ds.outcome is Outcome.REPLY for p in got):
@@ -537,7 +556,7 @@ class Investigator:
             )
             if dnskey.outcome is Outcome.UNREACHABLE:
                 return None  # e.g. an IPv6 server seen from a host without IPv6
-            return AuthEvidence(_server_label(host, port), dnskey, answer, soa)
+            return AuthEvidence(server_label(host, port), dnskey, answer, soa)
 
         # Every address of every NS (bounded): servers of one zone may serve different versions.
         return await self._each_server(servers, one)
@@ -551,7 +570,7 @@ class Investigator:
         return tuple(a for a in asked if a is not None)[: self.max_auth_servers]
 
 
-def _server_label(host: str, port: int) -> str:
+def server_label(host: str, port: int) -> str:
     """How evidence names a server: the address, with the port only when it is not 53."""
     return host if port == 53 else f"{host}:{port}"
 

@@ -33,9 +33,13 @@ class ZoneSpec:
     ns: tuple[tuple[str, int], ...] = ()
     label: str = ""
     source: str = ""
+    # Signers outside the NS set, for the key audit: the active signer / hidden primary and
+    # standby signers (issue 9). Never asked by `check`.
+    primary: tuple[tuple[str, int], ...] = ()
+    standby: tuple[tuple[str, int], ...] = ()
 
 
-ZONE_OPTIONS = ("expect", "ns", "label")
+ZONE_OPTIONS = ("expect", "ns", "label", "primary", "standby")
 _EXPECTABLE = (Verdict.SECURE, Verdict.INSECURE)
 
 
@@ -86,7 +90,7 @@ def zone_from_tokens(
 
     probes: list[ProbeName] = []
     expect = Verdict.SECURE
-    ns: list[tuple[str, int]] = []
+    servers: dict[str, list[tuple[str, int]]] = {"ns": [], "primary": [], "standby": []}
     label = ""
     for tok in tokens[1:]:
         if "=" in tok:
@@ -99,12 +103,12 @@ def zone_from_tokens(
                 if value not in _EXPECTABLE:
                     raise fail(f"expect={value!r}: expected 'secure' or 'insecure'")
                 expect = Verdict(value)
-            elif key == "ns":
+            elif key in servers:
                 for item in value.split(","):
                     try:
-                        ns.append(parse_hostport(item, default_port=53))
+                        servers[key].append(parse_hostport(item, default_port=53))
                     except ValueError as exc:
-                        raise fail(f"ns={item!r}: {exc}") from None
+                        raise fail(f"{key}={item!r}: {exc}") from None
             else:
                 label = value
             continue
@@ -125,7 +129,8 @@ def zone_from_tokens(
         # The apex SOA always exists, so aggressive NSEC use cannot answer it from old denials.
         probes.append(ProbeName(zone_text, "SOA"))
     where = f"{path}:{line}" if path and line else ""
-    return ZoneSpec(zone_text, tuple(probes), expect, tuple(ns), label, where)
+    return ZoneSpec(zone_text, tuple(probes), expect, tuple(servers["ns"]), label, where,
+                    tuple(servers["primary"]), tuple(servers["standby"]))
 
 
 def parse_zones(lines: Iterable[str], *, path: str = "<zones>") -> list[ZoneSpec]:
