@@ -11,9 +11,16 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from probe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from probe.audit.findings import Finding
+
+
+SOURCE_RESOLVERS = "resolvers"
+SOURCE_AUDIT = "audit"
 
 
 class EventKind(StrEnum):
@@ -42,6 +49,8 @@ class ZoneRound:
     zone: str
     bogus: Mapping[str, BogusView]
     answered: int = 0
+    # What the signer-side audit says caused it (an unsafe-rollover finding), else "".
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,11 @@ class Incident:
     clean_rounds: int = 0  # consecutive rounds with no bogus resolver
     resolved_at: float | None = None
     max_affected: int = 0  # the most resolvers bogus at once while it was open
+    cause: str = ""  # the audit finding that explains it, once known (kept while open)
+    # "resolvers": bogus answers seen through resolvers; "audit": a paged signer-audit finding
+    # (kind = finding code, resolvers = the servers it names, recovers_at = at_risk_until).
+    source: str = "resolvers"
+    note: str = ""  # an audit finding's own words
 
     @property
     def affected(self) -> int:
@@ -87,6 +101,9 @@ class Incident:
     @property
     def detail(self) -> str:
         """The diagnosis in words, for alerts and the dnssec_incident `detail` field."""
+        if self.source == SOURCE_AUDIT:
+            return self.note + (f"; cleared at {iso(self.resolved_at)}"
+                                if self.resolved_at is not None else "")
         text = (f"{self.zone}: {self.affected} resolver(s) answer bogus "
                 f"({', '.join(self.resolvers)}); diagnosis {', '.join(self.kinds)}")
         if self.rrsig_keytags:
@@ -95,6 +112,8 @@ class Incident:
             text += f"; resolvers cache keys {_tags(self.cached_keytags)}"
         if self.recovers_at is not None:
             text += f"; predicted recovery by {iso(self.recovers_at)}"
+        if self.cause:
+            text += f"; cause: {self.cause}"
         if self.resolved_at is not None:
             text += f"; resolved at {iso(self.resolved_at)}"
         return text
@@ -117,6 +136,9 @@ class Incident:
             "resolved_at": self.resolved_at,
             "clean_rounds": self.clean_rounds,
             "max_affected": self.max_affected,
+            "cause": self.cause,
+            "source": self.source,
+            "note": self.note,
         }
 
     @classmethod
@@ -134,6 +156,9 @@ class Incident:
             clean_rounds=int(d.get("clean_rounds", 0)),
             resolved_at=None if res is None else float(res),
             max_affected=int(d.get("max_affected", len(d["resolvers"]))),
+            cause=str(d.get("cause", "")),
+            source=str(d.get("source", SOURCE_RESOLVERS)),
+            note=str(d.get("note", "")),
         )
 
 
@@ -152,9 +177,10 @@ def iso(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def incident_id(zone: str, opened_at: float) -> str:
-    """Stable id from the zone and the open time, e.g. 14.in-addr.arpa@2026-12-02T18:30:00Z."""
-    return f"{zone.rstrip('.') or '.'}@{iso(opened_at)}"
+def incident_id(zone: str, opened_at: float, code: str = "") -> str:
+    """Stable id from the zone and the open time, e.g. 14.in-addr.arpa@2026-12-02T18:30:00Z;
+    an audit finding's carries its code: 14.in-addr.arpa#unsafe-rollover@2026-12-02T18:30:00Z."""
+    return f"{zone.rstrip('.') or '.'}{'#' + code if code else ''}@{iso(opened_at)}"
 
 
 def _tags(ts: Iterable[int]) -> str:
@@ -181,8 +207,8 @@ def _summarise(bogus: Mapping[str, BogusView]) -> dict[str, Any]:
 
 def _changed(inc: Incident, s: Mapping[str, Any]) -> bool:
     # A recovery estimate that moves by a second each round is not news: compare the facts.
-    return (inc.resolvers, inc.kinds, inc.rrsig_keytags, inc.cached_keytags) != (
-        s["resolvers"], s["kinds"], s["rrsig_keytags"], s["cached_keytags"])
+    return (inc.resolvers, inc.kinds, inc.rrsig_keytags, inc.cached_keytags, inc.cause) != (
+        s["resolvers"], s["kinds"], s["rrsig_keytags"], s["cached_keytags"], s["cause"])
 
 
 def step(
@@ -205,7 +231,7 @@ def step(
         inc = out.get(zr.zone)
         if inc is None:
             if len(zr.bogus) >= policy.open_min_resolvers:
-                s = _summarise(zr.bogus)
+                s = {**_summarise(zr.bogus), "cause": zr.cause}
                 new = Incident(incident_id(zr.zone, now), zr.zone, now, now, **s,
                                max_affected=len(zr.bogus))
                 out[zr.zone] = new
@@ -224,7 +250,8 @@ def step(
             else:
                 out[zr.zone] = replace(inc, clean_rounds=clean)
             continue
-        s = _summarise(zr.bogus)
+        # A cause, once found, stays: the finding ends when the risk does, the incident later.
+        s = {**_summarise(zr.bogus), "cause": zr.cause or inc.cause}
         if _changed(inc, s):
             upd = replace(inc, **s, clean_rounds=0, updated_at=now,
                           max_affected=max(inc.max_affected, len(zr.bogus)))
@@ -249,3 +276,53 @@ def retire(open_incidents: Mapping[str, Incident], watched: Iterable[str], *,
             events.append(IncidentEvent(EventKind.RESOLVE,
                                         replace(inc, resolved_at=now, updated_at=now), now))
     return out, events
+
+
+def audit_key(zone: str, code: str) -> str:
+    """How open audit incidents are keyed: one per zone and finding code."""
+    return f"{zone}#{code}"
+
+
+def audit_step(open_incidents: Mapping[str, Incident], findings: Sequence[Finding], *,
+               audited: Iterable[str], watched: Iterable[str], now: float
+               ) -> tuple[dict[str, Incident], list[IncidentEvent]]:
+    """Advance the paged audit findings (unsafe-rollover, signer-key-mismatch) by one pass.
+
+    A finding opens an incident (keyed by audit_key); new servers or key tags update it; it
+    resolves in the first pass that audited its zone without it (no countdown: the audit sees
+    the source itself, not a sample of resolvers), or when the zone is no longer watched."""
+    from probe.audit.findings import PAGED
+
+    current = {audit_key(f.zone, f.code.value): f for f in findings if f.code in PAGED}
+    done, keep = set(audited), set(watched)
+    out: dict[str, Incident] = {}
+    events: list[IncidentEvent] = []
+    for key, f in current.items():
+        inc = open_incidents.get(key)
+        if inc is None:
+            new = _with_finding(Incident(incident_id(f.zone, now, f.code.value), f.zone, now, now,
+                                         f.code.value, (f.code.value,), (), (), (), None,
+                                         source=SOURCE_AUDIT), f)
+            out[key] = new
+            events.append(IncidentEvent(EventKind.OPEN, new, now))
+        elif (inc.resolvers, inc.rrsig_keytags, inc.cached_keytags) != (
+                f.servers, f.new_keytags, f.keytags):
+            out[key] = _with_finding(replace(inc, updated_at=now), f)
+            events.append(IncidentEvent(EventKind.UPDATE, out[key], now))
+        else:
+            out[key] = _with_finding(inc, f)
+    for key, inc in open_incidents.items():
+        if key in current:
+            continue
+        if inc.zone in done or inc.zone not in keep:
+            events.append(IncidentEvent(EventKind.RESOLVE,
+                                        replace(inc, resolved_at=now, updated_at=now), now))
+        else:
+            out[key] = inc  # not audited this pass (no answer): nothing is known, nothing changes
+    return out, events
+
+
+def _with_finding(inc: Incident, f: Finding) -> Incident:
+    return replace(inc, resolvers=f.servers, rrsig_keytags=f.new_keytags,
+                   cached_keytags=f.keytags, recovers_at=f.at_risk_until, note=f.detail,
+                   max_affected=max(inc.max_affected, len(f.servers)))

@@ -1,9 +1,9 @@
-"""The InfluxDB schema (docs/schema.md): check results, zone summaries, incident events, rounds.
+"""The InfluxDB schema (docs/schema.md): check results, zone summaries, incident events, rounds,
+audit findings.
 
 Pure functions from a round's results to influxdb-client `Point`s and line protocol; no I/O.
 Tags are bounded codes only (vantage, resolver, zone, qtype, verdict, reason, diagnosis, event,
-kind):
-never a name, a key tag or free text. Timestamps are nanoseconds.
+kind, code, severity): never a name, a key tag or free text. Timestamps are nanoseconds.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from influxdb_client.client.write.point import Point
 from influxdb_client.domain.write_precision import WritePrecision
 
 from probe.alerts import AlertStats
+from probe.audit.findings import Finding
 from probe.codes import Verdict
 from probe.engine import CheckResult
 from probe.incidents import BogusView, IncidentEvent, ZoneRound
@@ -23,6 +24,7 @@ from probe.sinks import DeliveryStats
 
 M_CHECK, M_ZONE, M_INCIDENT, M_ROUND = "dnssec_check", "dnssec_zone", "dnssec_incident", "dnssec_round"
 M_STATS = "dnssec_probe_stats"
+M_FINDING = "dnssec_finding"
 NS = WritePrecision.NS
 
 # Which verdict stands for a resolver in a zone with several probe names: the worst one.
@@ -181,6 +183,23 @@ def incident_points(events: Sequence[IncidentEvent], rnd: RoundInfo) -> list[Poi
              .time(ns(e.at), NS))
         if i.recovers_at is not None:
             p.field("recovers_at", int(i.recovers_at))
+        out.append(p)
+    return out
+
+
+def finding_points(findings: Sequence[Finding], rnd: RoundInfo) -> list[Point]:
+    """One dnssec_finding point per audit finding of the round (a zone has at most one per
+    code), at the round's start: key-change points are Grafana annotations."""
+    out = []
+    for f in findings:
+        p = (Point(M_FINDING).tag("vantage", rnd.vantage).tag("zone", f.zone)
+             .tag("code", f.code.value).tag("severity", f.severity.value)
+             .field("detail", f.detail).field("keytags", ",".join(map(str, f.keytags)))
+             .field("new_keytags", ",".join(map(str, f.new_keytags)))
+             .field("servers", ",".join(f.servers)).field("round", rnd.number)
+             .time(ns(rnd.started), NS))
+        if f.at_risk_until is not None:
+            p.field("at_risk_until", int(f.at_risk_until))
         out.append(p)
     return out
 

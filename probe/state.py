@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from probe.errors import ConfigError
-from probe.incidents import Incident
+from probe.incidents import SOURCE_AUDIT, SOURCE_RESOLVERS, Incident, audit_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS incidents (
@@ -91,6 +91,7 @@ class StateStore:
         self.db = sqlite3.connect(state_dir / "state.sqlite3", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA busy_timeout = 10000")  # a cron `audit` may write beside us
         self.db.executescript(_SCHEMA)
 
     @classmethod
@@ -118,9 +119,16 @@ class StateStore:
     # -- incidents ---------------------------------------------------------------------------
 
     def open_incidents(self) -> dict[str, Incident]:
+        """Open validation incidents by zone (the audit's are in open_audit_incidents)."""
+        return {i.zone: i for i in self._open() if i.source == SOURCE_RESOLVERS}
+
+    def open_audit_incidents(self) -> dict[str, Incident]:
+        """Open paged audit findings by audit_key (zone and finding code)."""
+        return {audit_key(i.zone, i.kind): i for i in self._open() if i.source == SOURCE_AUDIT}
+
+    def _open(self) -> list[Incident]:
         rows = self.db.execute("SELECT data FROM incidents WHERE resolved_at IS NULL").fetchall()
-        incs = [Incident.from_dict(json.loads(r[0])) for r in rows]
-        return {i.zone: i for i in incs}
+        return [Incident.from_dict(json.loads(r[0])) for r in rows]
 
     def incidents(self, *, include_resolved: bool = False, limit: int = 1000) -> list[Incident]:
         where = "" if include_resolved else "WHERE resolved_at IS NULL"

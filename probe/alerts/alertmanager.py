@@ -8,9 +8,10 @@ from typing import Any
 
 from probe.errors import DeliveryRejected
 from probe.http import INTERNAL_ERROR, HttpPoster, check_url
-from probe.incidents import EventKind, Incident, IncidentEvent
+from probe.incidents import SOURCE_AUDIT, EventKind, Incident, IncidentEvent
 
 ALERTNAME = "DNSSECValidationFailure"
+AUDIT_ALERTNAME = "DNSSECSignerAudit"  # paged audit findings: unsafe-rollover, signer-key-mismatch
 # Prometheus sends endsAt = now + 4 x its evaluation interval (at least 4 x 1 min); the daemon
 # should pass about 4 x its round interval. 5 min is also Alertmanager's own resolve_timeout.
 DEFAULT_RESEND_GRACE = 300.0
@@ -60,7 +61,7 @@ class AlertmanagerChannel:
         (zone + open time), so it never splits one incident, and it keeps a re-opened incident
         of the same zone a new alert with its own startsAt instead of merging into the last."""
         return {
-            "alertname": ALERTNAME,
+            "alertname": AUDIT_ALERTNAME if incident.source == SOURCE_AUDIT else ALERTNAME,
             "zone": incident.zone,
             "vantage": vantage,
             "severity": "critical",
@@ -71,7 +72,10 @@ class AlertmanagerChannel:
     def alert(self, incident: Incident, *, vantage: str, ends_at: float | None = None,
               kind: str | None = None) -> dict[str, Any]:
         """One PostableAlert; firing when `ends_at` is None or in the future."""
-        if incident.is_open:
+        if incident.source == SOURCE_AUDIT:
+            summary = (f"DNSSEC signer audit: {incident.kind} for {incident.zone}"
+                       + ("" if incident.is_open else " cleared"))
+        elif incident.is_open:
             summary = (f"DNSSEC validation failing for {incident.zone} at "
                        f"{_resolvers(incident.affected)}")
         else:

@@ -8,7 +8,7 @@ from typing import Any
 
 from probe.errors import ConfigError
 from probe.http import HttpPoster, check_url
-from probe.incidents import EventKind, Incident, IncidentEvent
+from probe.incidents import SOURCE_AUDIT, EventKind, Incident, IncidentEvent
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 _MAX_SUMMARY = 1024  # Events API v2 limit
@@ -24,6 +24,10 @@ def dedup_key(incident: Incident) -> str:
 
 
 def _summary(incident: Incident) -> str:
+    if incident.source == SOURCE_AUDIT:
+        state = "" if incident.is_open else " cleared"
+        return (f"DNSSEC signer audit: {incident.kind} for {incident.zone}{state}: "
+                f"{incident.detail}")[:_MAX_SUMMARY]
     n = incident.affected
     where = f"{n} resolver" + ("" if n == 1 else "s")
     if incident.is_open:

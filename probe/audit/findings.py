@@ -414,6 +414,16 @@ def _expiry(zone: str, now: float, servers: Sequence[Served],
                     tuple(sorted(hit)), tuple(sorted(keys)))]
 
 
+def cause_text(f: Finding) -> str:
+    """How a resolver-side incident names the unsafe-rollover that explains it."""
+    until = f" at risk until {iso(f.at_risk_until)}" if f.at_risk_until is not None else ""
+    if f.published_before_use_s is not None:
+        return (f"{f.zone} re-signed with key {', '.join(map(str, f.new_keytags))} published "
+                f"{_span(f.published_before_use_s)} before use;{until}")
+    return (f"{f.zone} unsafe rollover to key {', '.join(map(str, f.new_keytags))} "
+            f"(unsafe-rollover finding);{until}")
+
+
 # Paged through the alert channels (as incidents); the others are written and shown only.
 PAGED: frozenset[FindingCode] = frozenset({FindingCode.UNSAFE_ROLLOVER,
                                            FindingCode.SIGNER_KEY_MISMATCH})

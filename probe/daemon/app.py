@@ -14,6 +14,9 @@ from probe.alerts.alertmanager import AlertmanagerChannel
 from probe.alerts.dispatch import Alerter
 from probe.alerts.pagerduty import PagerDutyChannel
 from probe.alerts.webhook import WebhookChannel
+from probe.audit.auditor import AuditConfig, Auditor
+from probe.audit.findings import AuditPolicy, ExpiryMargin
+from probe.audit.history import AuditHistory
 from probe.daemon.config import DaemonConfig
 from probe.daemon.metrics import Metrics, MetricsServer
 from probe.daemon.runner import Monitor, Schedule
@@ -77,6 +80,16 @@ async def serve(cfg: DaemonConfig, zones: Sequence[ZoneSpec],
                                  control_bogus=cfg.control_bogus or None,
                                  control_secure=cfg.control_secure or None,
                                  clock_skew=cfg.clock_skew))
+    auditor: Auditor | None = None
+    if cfg.audit:
+        auditor = Auditor(
+            AuditConfig(timeout=cfg.timeout, retries=cfg.retries,
+                        allow_local_auth=cfg.allow_local_auth),
+            resolvers, AuditHistory(store.db),
+            AuditPolicy(margin=cfg.audit_margin, inconsistent_window=cfg.audit_inconsistent_window,
+                        expiry_warning=ExpiryMargin.parse(cfg.audit_expiry_warning),
+                        expiry_critical=ExpiryMargin.parse(cfg.audit_expiry_critical)),
+            templates=engine.templates)
     monitor: Monitor | None = None
     metrics = Metrics(dstats, astats, lambda: len(monitor.open) if monitor else 0,
                       stale_after=3 * cfg.interval + 120)
@@ -85,7 +98,7 @@ async def serve(cfg: DaemonConfig, zones: Sequence[ZoneSpec],
         pager=alerter, metrics=metrics,
         policy=IncidentPolicy(cfg.open_min_resolvers, cfg.resolve_rounds),
         schedule=Schedule(cfg.interval, cfg.rounds, cfg.effective_jitter), vantage=vantage,
-        progress=progress)
+        progress=progress, auditor=auditor)
     server = MetricsServer(metrics, cfg.metrics_listen) if cfg.metrics_listen else None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

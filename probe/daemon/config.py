@@ -67,6 +67,16 @@ def _listen(v: str) -> str | None:
     return None
 
 
+def _expiry_margin(v: str) -> str | None:
+    from probe.audit.findings import ExpiryMargin
+
+    try:
+        ExpiryMargin.parse(v)
+    except ConfigError:
+        return "N% (0 < N < 100) or a time such as 5d, 12h, 30m, 90s"
+    return None
+
+
 def _one_of(*allowed: str) -> Callable[[str], str | None]:
     def check(v: str) -> str | None:
         return None if v in allowed else " or ".join(repr(a) for a in allowed)
@@ -122,6 +132,21 @@ class DaemonConfig:
                                    "for a zone in one round", _at_least_one)
     resolve_rounds: int = _key(3, "resolve after this many rounds with no bogus resolver",
                                _at_least_one)
+    # signer-side key audit (issue 9), every round
+    audit: bool = _key(True, "audit the keys every zone's name servers and signers serve, each "
+                       "round (dnssec_finding; unsafe-rollover and signer-key-mismatch page)")
+    audit_margin: float = _key(300.0, "seconds of propagation margin added to a TTL before a new "
+                               "key may be used", lambda v: None if 0 <= v <= 604800
+                               and math.isfinite(v) else "a number of seconds from 0 to 604800")
+    audit_inconsistent_window: float = _key(600.0, "seconds name servers may disagree before "
+                                            "it is a finding", lambda v: None if 0 <= v <= 2592000
+                                            and math.isfinite(v) else
+                                            "a number of seconds from 0 to 2592000")
+    audit_expiry_warning: str = _key("20%", "signature expiry warning margin: N% of the "
+                                     "validity period left, or a time such as 5d, 12h",
+                                     lambda v: _expiry_margin(v))
+    audit_expiry_critical: str = _key("10%", "signature expiry critical margin (as "
+                                      "audit_expiry_warning)", lambda v: _expiry_margin(v))
     # time series
     influx_url: str = _key("", "InfluxDB base URL; empty = embedded line files in state_dir",
                            _url)

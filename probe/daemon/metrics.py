@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from probe.alerts import AlertStats
-from probe.codes import Verdict
+from probe.codes import FindingCode, Verdict
 from probe.errors import ConfigError
 from probe.resolvers import parse_hostport
 from probe.sinks import DeliveryStats
@@ -107,6 +107,13 @@ class Metrics:
                                 registry=r)
         self.round_errors = Counter(f"{PREFIX}_round_errors",
                                     "Rounds that failed with an internal error.", registry=r)
+        self.audit_errors = Counter(f"{PREFIX}_audit_errors",
+                                    "Signer-side audit passes that failed with an internal error.",
+                                    registry=r)
+        self.audit_findings = Counter(f"{PREFIX}_audit_findings",
+                                      "Signer-side audit findings, by code.", ["code"], registry=r)
+        for code in FindingCode:
+            self.audit_findings.labels(code.value)
         self.duration = Histogram(f"{PREFIX}_round_duration_seconds", "Round duration.",
                                   buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
                                   registry=r)

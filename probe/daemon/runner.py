@@ -15,20 +15,32 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from probe.codes import Verdict
+from probe.audit.auditor import AuditReport
+from probe.audit.findings import cause_text
+from probe.audit.snapshot import ZoneSnapshot
+from probe.codes import FindingCode, FindingSeverity, Verdict
 from probe.daemon.metrics import Metrics
 from probe.daemon.schedule import next_slot
 from probe.engine import CheckResult
-from probe.incidents import EventKind, Incident, IncidentEvent, IncidentPolicy, retire, step
+from probe.incidents import (
+    EventKind,
+    Incident,
+    IncidentEvent,
+    IncidentPolicy,
+    audit_step,
+    retire,
+    step,
+)
 from probe.points import (
     RoundInfo,
     check_points,
+    finding_points,
     incident_points,
     resolver_verdicts,
     round_point,
@@ -48,6 +60,11 @@ class Sweeper(Protocol):
     async def sweep(self, zones: Sequence[ZoneSpec], resolvers: Sequence[ResolverSpec], *,
                     progress: Callable[[CheckResult], None] | None = None
                     ) -> list[CheckResult]: ...
+
+
+class AuditRunner(Protocol):
+    async def collect(self, zones: Sequence[ZoneSpec]) -> list[ZoneSnapshot]: ...
+    def record(self, snapshots: Sequence[ZoneSnapshot]) -> AuditReport: ...
 
 
 class Writer(Protocol):
@@ -77,7 +94,8 @@ class Monitor:
     def __init__(self, *, zones: Sequence[ZoneSpec], resolvers: Sequence[ResolverSpec],
                  engine: Sweeper, store: StateStore, writer: Writer, pager: Pager,
                  metrics: Metrics, policy: IncidentPolicy, schedule: Schedule, vantage: str,
-                 clock: Callable[[], float] = time.time, progress: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, progress: bool = False,
+                 auditor: AuditRunner | None = None) -> None:
         self.zones = list(zones)
         self.resolvers = list(resolvers)
         self.engine = engine
@@ -90,7 +108,9 @@ class Monitor:
         self.vantage = vantage
         self.clock = clock
         self.progress = progress
+        self.auditor = auditor
         self.open: dict[str, Incident] = {}
+        self.audit_open: dict[str, Incident] = {}  # paged audit findings, by audit_key
         self._stop = asyncio.Event()
         self._sweep: asyncio.Task[list[CheckResult]] | None = None
         self.rounds_done = 0
@@ -111,15 +131,20 @@ class Monitor:
         now = self.clock()
         restored = self.store.open_incidents()
         self.open, events = retire(restored, [z.name for z in self.zones], now=now)
+        # Audit incidents of zones no longer watched resolve now; the others wait for a pass.
+        self.audit_open, audit_events = audit_step(
+            self.store.open_audit_incidents(), [], audited=(),
+            watched=[z.name for z in self.zones] if self.auditor else (), now=now)
+        events += audit_events
         if events:
             number = self.store.last_round()
             self._commit(number, [e.incident for e in events], events, now)
             self.writer.submit(to_lines(incident_points(
                 events, RoundInfo(number, self.vantage, now, 0.0, False))))
-        if self.open:
+        if self.open or self.audit_open:
             log.info("open incidents restored", extra={
-                "event": "restore", "incidents": sorted(i.id for i in self.open.values())})
-            self.pager.kick(list(self.open.values()))
+                "event": "restore", "incidents": sorted(i.id for i in self._all_open())})
+            self.pager.kick(self._all_open())
         sched = self.schedule
         rng = random.Random(self.vantage)  # jitter differs between vantages, repeatable per one
         t0 = now
@@ -178,7 +203,16 @@ class Monitor:
         started = self.clock()
         cpu0 = time.process_time()
         number = self.store.last_round() + 1
-        results, partial = await self._sweep_once(number)
+        # The signer-side audit asks the authoritative servers while the sweep asks resolvers.
+        audit = (asyncio.ensure_future(self.auditor.collect(self.zones))
+                 if self.auditor is not None else None)
+        try:
+            results, partial = await self._sweep_once(number)
+        except BaseException:
+            if audit is not None:
+                audit.cancel()
+            raise
+        report = await self._audit(audit, partial)
         end = self.clock()
         rnd = RoundInfo(number, self.vantage, started, end - started, overrun=end > deadline,
                         partial=partial)
@@ -191,24 +225,72 @@ class Monitor:
             self.store.commit_round(number, [], [], now=end)
         else:
             points += zone_points(worst, rnd)
-            now_open, events = step(self.open, zone_rounds(worst), now=end, policy=self.policy)
+            causes = {f.zone: cause_text(f) for f in (report.findings if report else ())
+                      if f.code is FindingCode.UNSAFE_ROLLOVER}
+            rounds = [replace(zr, cause=causes.get(zr.zone, "")) for zr in zone_rounds(worst)]
+            now_open, events = step(self.open, rounds, now=end, policy=self.policy)
             # Every changed incident is stored (the resolve countdown too), not only events.
             changed = [i for z, i in now_open.items() if self.open.get(z) != i]
             changed += [e.incident for e in events if e.event is EventKind.RESOLVE]
+            audit_open = self.audit_open
+            if report is not None:
+                audit_open, audit_events = audit_step(
+                    self.audit_open, report.findings,
+                    audited=[z.zone for z in report.zones if z.audited],
+                    watched=[z.name for z in self.zones], now=end)
+                changed += [i for k, i in audit_open.items() if self.audit_open.get(k) != i]
+                changed += [e.incident for e in audit_events if e.event is EventKind.RESOLVE]
+                events += audit_events
             try:
                 # Stored first: only incidents (and their alerts) safely on disk count.
                 self._commit(number, changed, events, end)
             except Exception:
                 self.writer.submit(to_lines([*points, round_point(rnd, len(results))]))
                 raise
-            self.open = now_open
+            self.open, self.audit_open = now_open, audit_open
             points += incident_points(events, rnd)
+        if report is not None:
+            points += finding_points(report.findings, rnd)
         m = self.metrics
         points += [round_point(rnd, len(results)),
                    stats_point(rnd, m.delivery, m.alerts, len(self.open))]
         self.writer.submit(to_lines(points))
-        self.pager.kick(list(self.open.values()))
+        self.pager.kick(self._all_open())
         self._account(results, rnd, time.process_time() - cpu0)
+
+    def _all_open(self) -> list[Incident]:
+        return [*self.open.values(), *self.audit_open.values()]
+
+    async def _audit(self, task: asyncio.Future[list[ZoneSnapshot]] | None,
+                     partial: bool) -> AuditReport | None:
+        """The round's audit, judged and stored; None when stopped or failed (logged): a broken
+        audit must not cost the round its checks."""
+        if task is None:
+            return None
+        if partial:
+            task.cancel()
+        try:
+            snaps = await task
+            assert self.auditor is not None
+            report = self.auditor.record(snaps)
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+            return None
+        except Exception as exc:
+            self.metrics.audit_errors.inc()
+            log.error("audit failed: %s: %s", exc.__class__.__name__, exc, exc_info=exc,
+                      extra={"event": "audit-error", "error": exc.__class__.__name__})
+            return None
+        for f in report.findings:
+            self.metrics.audit_findings.labels(f.code.value).inc()
+            level = (logging.WARNING if f.severity is not FindingSeverity.INFO else logging.INFO)
+            log.log(level, f"audit {f.code.value} {f.zone}", extra={
+                "event": "audit-finding", "code": f.code.value, "zone": f.zone,
+                "severity": f.severity.value, "servers": list(f.servers),
+                "keytags": list(f.keytags), "new_keytags": list(f.new_keytags),
+                "at_risk_until": f.at_risk_until, "detail": f.detail})
+        return report
 
     def _commit(self, number: int, incidents: Sequence[Incident],
                 events: Sequence[IncidentEvent], now: float) -> None:
