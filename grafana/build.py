@@ -157,6 +157,9 @@ VERDICT_MAP = value_map({v: (v, c) for v, c in VERDICT_COLORS.items()})
 EDE_MAP = value_map({"-1": ("none", "green")} | {
     str(code): (f"{code} {name}", "red" if code in EDE_DNSSEC else "orange")
     for code, name in EDE_NAMES.items()})
+SEVERITY_MAPPING = {"type": "value", "options": {
+    s: {"text": s, "color": c, "index": i}
+    for i, (s, c) in enumerate((("critical", "red"), ("warning", "orange"), ("info", "blue")))}}
 RCODE_MAP = value_map({str(c): (n, None) for c, n in RCODE_NAMES.items()})
 
 
@@ -283,6 +286,52 @@ def incident_annotation() -> db.AnnotationQuery:
                                            tags="zone,event,kind"))))
 
 
+def key_change_annotation() -> db.AnnotationQuery:
+    """The signer-side audit's key-change findings: written once, in the round that saw them."""
+    key_change = "\"code\" = 'key-change'"
+    query = (f'SELECT "detail", "zone", "code", "new_keytags" FROM "dnssec_finding" '
+             f"{where(VANTAGE, ZONE, key_change)}")
+    return (db.AnnotationQuery().name("Key changes").datasource(DS).enable(True)
+            .icon_color("blue")
+            .target(Built(InfluxAnnotation(query, text="detail", title="code",
+                                           tags="zone,code"))))
+
+
+def audit_findings() -> table.Panel:
+    """The signer-side audit's findings of the last few rounds (a lasting finding is written
+    every round, so an old one drops out once it ends)."""
+    return (
+        grid("Signer audit findings (last 5 min)",
+             "What `dnssec-probe audit` finds at the source each round: unsafe-rollover "
+             "(critical: resolvers holding the old key set fail until 'at risk until'), "
+             "signer-key-mismatch (a standby with other keys), inconsistent-servers, "
+             "signature-expiry, key-change.",
+             InfluxQL('SELECT last("detail") AS "detail", last("new_keytags") AS "new keys", '
+                      'last("keytags") AS "keys", last("at_risk_until") AS "at_risk_until" '
+                      f'FROM "dnssec_finding" {where(VANTAGE, ZONE)} '
+                      'GROUP BY "zone", "code", "severity", "vantage"', table=True),
+             w=24, h=7)
+        .time_from("5m").cell_height(cm.TableCellHeight.MD)
+        .transformations([
+            transform("merge", {}),
+            transform("calculateField", {
+                "mode": "binary", "alias": "at risk until", "timeSeries": False,
+                "binary": {"left": {"matcher": {"id": "byName", "options": "at_risk_until"}},
+                           "operator": "*", "right": {"fixed": "1000"}}}),
+            transform("organize", {
+                "excludeByName": {"at_risk_until": True},
+                "renameByName": {"Time": "seen"},
+                "indexByName": {"severity": 0, "code": 1, "zone": 2, "vantage": 3,
+                                "new keys": 4, "keys": 5, "at risk until": 6, "Time": 7,
+                                "detail": 8}}),
+        ])
+        .override_by_name("at risk until", [prop("unit", "dateTimeAsIso")])
+        .override_by_name("severity", [prop("custom.cellOptions", {"type": "color-text"}),
+                                       prop("mappings", [SEVERITY_MAPPING])])
+        .override_by_name("detail", [prop("custom.cellOptions", {"type": "auto", "wrapText": True}),
+                                     prop("custom.minWidth", 400)]))
+
+
 def overview() -> db.Dashboard:
     verdicts_now = (
         grid("Verdicts now: zones x resolvers",
@@ -382,14 +431,16 @@ def overview() -> db.Dashboard:
     return (dashboard("dnssec-overview", "DNSSEC overview",
                       "What the world's validating resolvers say about our zones, now and over time.")
             .annotation(incident_annotation())
-            # key-change / unsafe-rollover findings: their annotation goes here once a later
-            # issue adds the measurement that records them (none exists yet, so no query).
+            # Unsafe rollovers page as audit incidents, so the Incidents annotation shows them.
+            .annotation(key_change_annotation())
             .with_row(db.Row("Now"))
             .with_panel(verdicts_now).with_panel(zones_now)
             .with_row(db.Row("Over time"))
             .with_panel(zone_state).with_panel(ratio_graph)
             .with_row(db.Row("Incidents"))
-            .with_panel(incidents))
+            .with_panel(incidents)
+            .with_row(db.Row("Signer audit"))
+            .with_panel(audit_findings()))
 
 
 # --- Zone drill-down -------------------------------------------------------------------------
@@ -460,6 +511,7 @@ def zone_drilldown() -> db.Dashboard:
                       "One zone through every resolver: verdicts, EDE codes, diagnosis, cached "
                       "DNSKEY TTLs counting down to recovery, RTT.")
             .annotation(incident_annotation())
+            .annotation(key_change_annotation())
             .with_row(db.Row("Now")).with_panel(latest)
             .with_row(db.Row("Verdicts per resolver")).with_panel(verdicts)
             .with_row(db.Row("Failures")).with_panel(ede).with_panel(diagnoses).with_panel(ttl)

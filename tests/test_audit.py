@@ -341,3 +341,21 @@ def test_zones_file_names_signers() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_zones(["", "14.in-addr.arpa standby=signer.example"], path="z.txt")
     assert "z.txt:2" in str(exc.value) and "standby=" in str(exc.value)
+
+
+def test_audit_command_rejects_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                         ) -> None:
+    from probe.cli import main
+
+    bad = tmp_path / "zones.txt"
+    bad.write_text("14.in-addr.arpa\n27.in-addr.arpa standby=not-an-address\n")
+    with pytest.raises(SystemExit) as info:
+        main(["audit", "--zones", str(bad), "--state-dir", str(tmp_path / "s"),
+              "--resolver", "r=127.0.0.1:9"])
+    assert info.value.code == 3
+    assert f"{bad}:2" in capsys.readouterr().err
+    for args in (["--expiry-warning", "5y"], ["--raw"], ["--margin", "-1"]):
+        with pytest.raises(SystemExit) as info:
+            main(["audit", "14.in-addr.arpa", "--state-dir", str(tmp_path / "s"), *args])
+        assert info.value.code == 3, args
+    assert not (tmp_path / "s").exists()  # nothing was asked or written

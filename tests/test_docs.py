@@ -10,7 +10,7 @@ import pytest
 
 from probe.classify import _OUTCOME_VERDICT
 from probe.cli import main
-from probe.codes import REASONS, DiagnosisKind, Verdict
+from probe.codes import FINDINGS, REASONS, DiagnosisKind, FindingCode, Verdict
 from probe.observation import Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,8 +26,8 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert test in ci_lines
 
 
-def test_readme_names_every_verdict_and_diagnosis() -> None:
-    for code in [*Verdict, *DiagnosisKind]:
+def test_readme_names_every_verdict_diagnosis_and_finding() -> None:
+    for code in [*Verdict, *DiagnosisKind, *FindingCode]:
         assert f"`{code.value}`" in README, code
 
 
@@ -43,5 +43,7 @@ def test_codes_command_lists_every_reason(capsys: pytest.CaptureFixture[str]) ->
     assert info.value.code == 0
     doc = json.loads(capsys.readouterr().out)
     assert set(doc["reasons"]) == set(REASONS)
+    assert set(doc["findings"]) == {c.value for c in FindingCode} == {c.value for c in FINDINGS}
+    assert doc["findings"]["unsafe-rollover"]["severity"] == "critical"
     assert doc["verdicts"]["bogus"] == "critical"
     assert doc["verdicts"]["unreachable"] == "n/a"
