@@ -134,9 +134,18 @@ def test_cutover_opens_one_incident_pages_and_resolves(lab: Lab, influxdb: Any,
 
     # InfluxDB: the incident's events, the first failing round, every check of every round.
     influxdb.ensure_running()
-    rows = influx_rows(influxdb.query(
+    every = influx_rows(influxdb.query(
         'SELECT * FROM dnssec_incident GROUP BY "zone", "event", "kind"', db))
-    assert {r["zone"] for r in rows} == {CUT}
+    assert {r["zone"] for r in every} == {CUT}
+    # The audit saw the cause at the source (issue 9): an unsafe-rollover audit incident for
+    # the same zone, paged through the same channels; the resolvers' incident names it.
+    audit = [r for r in every if r["kind"] == "unsafe-rollover"]
+    rows = [r for r in every if r["kind"] != "unsafe-rollover"]
+    assert [r["event"] for r in audit][:1] == ["open"]
+    assert str(cut.standby_zsk_tag) == audit[0]["rrsig_keytags"]
+    cause = (f"cause: {CUT} re-signed with key {cut.standby_zsk_tag} published 0 s before use; "
+             "at risk until ")
+    assert any(cause in r["detail"] for r in rows), [r["detail"] for r in rows]
     assert [r["event"] for r in rows if r["event"] != "update"] == ["open", "resolve"]
     first = next(r for r in rows if r["event"] == "open")
     assert first["id"] == inc_id and first["kind"] == "stale-dnskey-cache"
@@ -162,24 +171,30 @@ def test_cutover_opens_one_incident_pages_and_resolves(lab: Lab, influxdb: Any,
     statuses = [a["status"] for b in run.am_webhook for a in b["alerts"]
                 if a["labels"].get("zone") == CUT]
     assert statuses[0] == "firing" and "resolved" in statuses
-    fired = next(a for b in run.am_webhook for a in b["alerts"] if a["labels"].get("zone") == CUT)
+    fired = next(a for b in run.am_webhook for a in b["alerts"] if a["labels"].get("zone") == CUT
+                 and a["labels"]["alertname"] == "DNSSECValidationFailure")
+    assert any(a["labels"]["alertname"] == "DNSSECSignerAudit"
+               and a["labels"]["kind"] == "unsafe-rollover"
+               for b in run.am_webhook for a in b["alerts"])
     assert fired["labels"]["alertname"] == "DNSSECValidationFailure"
     assert fired["labels"]["kind"] == "stale-dnskey-cache" and fired["labels"]["vantage"] == "lab"
     assert str(cut.standby_zsk_tag) in fired["annotations"]["description"]
     pd_actions = [b["event_action"] for b in run.am_pagerduty]
     assert pd_actions[0] == "trigger" and "resolve" in pd_actions
     # Our own PagerDuty channel: trigger(s) and one resolve, all with the incident id.
-    pd = run.pagerduty
+    pd = [b for b in run.pagerduty if "#unsafe-rollover@" not in b["dedup_key"]]
+    assert len(pd) < len(run.pagerduty)  # the audit incident paged too
     assert {b["dedup_key"] for b in pd} == {inc_id}
     assert pd[0]["event_action"] == "trigger" and pd[-1]["event_action"] == "resolve"
     assert [b["event_action"] for b in pd].count("resolve") == 1
-    hooks = run.webhook
+    hooks = [b for b in run.webhook if b["incident"]["source"] == "resolvers"]
+    assert any(cause.removeprefix("cause: ") in b["incident"]["cause"] for b in hooks)
     assert hooks[0]["event"] == "open" and hooks[-1]["event"] == "resolve"
     assert hooks[0]["incident"]["id"] == inc_id and hooks[0]["incident"]["zone"] == CUT
     # Self-metrics saw it all; the routing key never reached the logs.
     assert "dnssec_probe_rounds_total" in run.metrics and 'verdict="bogus"' in run.metrics
     assert PD_KEY not in d.log_path.read_text()
-    assert [i["id"] for i in incidents_cli(run.state_dir)] == [inc_id]
+    assert [i["id"] for i in incidents_cli(run.state_dir) if i["source"] == "resolvers"] == [inc_id]
 
 
 # A few backoff steps (1, 2, 4 s ...) pass while it is away; OUTAGE_ROUNDS=60 makes it the

@@ -29,6 +29,7 @@ from probe.daemon.metrics import Metrics
 from probe.daemon.schedule import next_slot
 from probe.engine import CheckResult
 from probe.incidents import (
+    SOURCE_RESOLVERS,
     EventKind,
     Incident,
     IncidentEvent,
@@ -298,11 +299,13 @@ class Monitor:
         for e in events:
             i = e.incident
             level = logging.WARNING if e.event is EventKind.OPEN else logging.INFO
-            log.log(level, f"incident {e.event.value} {i.id}", extra={
-                "event": f"incident-{e.event.value}", "incident": i.id, "zone": i.zone,
+            # Audit incidents log as audit-incident-*: "incident-open" stays what resolvers saw.
+            prefix = "incident" if i.source == SOURCE_RESOLVERS else "audit-incident"
+            log.log(level, f"{prefix} {e.event.value} {i.id}", extra={
+                "event": f"{prefix}-{e.event.value}", "incident": i.id, "zone": i.zone,
                 "kind": i.kind, "affected": i.affected, "resolvers": list(i.resolvers),
                 "rrsig_keytags": list(i.rrsig_keytags), "cached_keytags": list(i.cached_keytags),
-                "recovers_at": i.recovers_at, "detail": i.detail})
+                "recovers_at": i.recovers_at, "detail": i.detail, "cause": i.cause})
 
     def _account(self, results: Sequence[CheckResult], rnd: RoundInfo, cpu_s: float) -> None:
         m = self.metrics
