@@ -8,7 +8,7 @@ import os
 import pathlib
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
 import dns.dnssec
@@ -41,6 +41,10 @@ _STATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cutover": (("ksk", "standby"), ("ksk", "standby")),  # the bad one: new ZSK published and used at once
     "prepublish": (("ksk", "zsk", "standby"), ("ksk", "zsk")),
     "rolled": (("ksk", "zsk", "standby"), ("ksk", "standby")),
+    # correct rollover step 3: the old ZSK withdrawn (same keys as "cutover", reached safely)
+    "retired": (("ksk", "standby"), ("ksk", "standby")),
+    # what the standby signer holds: the same KSK, another ZSK
+    "standby": (("ksk", "standby"), ("ksk", "standby")),
     # KSK swapped without DS pre-publication (the parent's DS follows at the same moment)
     "kskswap": (("ksk2", "zsk"), ("ksk2", "zsk")),
 }
@@ -74,6 +78,7 @@ class LabZone:
     ds_ttl: int = zones.DS_TTL  # TTL of the DS RRset at the parent
     standby_ksk_tag: int | None = None  # the KSK `Lab.ksk_swap` puts in place
     cname_target: str | None = None  # probe names are CNAMEs into this zone
+    standby_addresses: tuple[str, ...] = ()  # standby signers serving the zone, not in its NS set
 
 
 def lab_available() -> tuple[bool, str]:
@@ -159,6 +164,8 @@ class Lab:
         """The file a given server loads: ns2 has its own copy so it can diverge."""
         if addr == zones.SECOND_CHILD_ADDR:
             return self.zonedir / (zone.rstrip(".") + ".ns2")
+        if addr == zones.STANDBY_ADDR:
+            return self.zonedir / (zone.rstrip(".") + ".standby")
         return self._zonefile(zone)
 
     def _next_serial(self) -> int:
@@ -276,7 +283,14 @@ class Lab:
                     standby=spec.standby, ghost=spec.ds_mismatch, standby_ksk=spec.standby_ksk,
                 )
             self._keys = {z: f.result() for z, f in jobs.items()}
-            for f in [pool.submit(self._sign_child, spec, "initial") for spec in CHILDREN]:
+            signing = [pool.submit(self._sign_child, spec, "initial") for spec in CHILDREN]
+            # the standby signer signs its own copy with its own ZSK (and its own serial)
+            signing += [
+                pool.submit(self._sign_child, s, "standby", self._zonefile_at(zones.STANDBY_ADDR, s.name))
+                for s in CHILDREN
+                if s.standby_signer
+            ]
+            for f in signing:
                 f.result()
         self._ds_role = {}
         self._sign_reverse("in-addr.arpa.")
@@ -307,6 +321,7 @@ class Lab:
                 ds_ttl=spec.ds_ttl,
                 standby_ksk_tag=keys.standby_ksk.tag if keys.standby_ksk else None,
                 cname_target=spec.cnames_to,
+                standby_addresses=(zones.STANDBY_ADDR,) if spec.standby_signer else (),
             )
 
     def _sign_reverse(self, zone: str) -> None:
@@ -322,6 +337,7 @@ class Lab:
             zones.REVERSE_ADDR: ["in-addr.arpa.", "ip6.arpa."],
             zones.CHILD_ADDR: [s.name for s in CHILDREN],
             zones.SECOND_CHILD_ADDR: [s.name for s in CHILDREN if s.second_server],
+            zones.STANDBY_ADDR: [s.name for s in CHILDREN if s.standby_signer],
         }
 
     def _start_auth(self) -> None:
@@ -487,11 +503,71 @@ class Lab:
         """Correct rollover step 2: sign with the standby ZSK (old ZSK stays published)."""
         self._apply(zone, "rolled")
 
+    def retire(self, zone: str) -> None:
+        """Correct rollover step 3: withdraw the old ZSK; KSK + new ZSK published, the new one signs.
+
+        Safe once the old ZSK's signatures have expired from caches (record TTL after `roll`).
+        """
+        self._apply(zone, "retired")
+
     def reset(self, zone: str) -> None:
-        """Back to the initial state: KSK + active ZSK, signed by the active ZSK (on every server)."""
+        """Back to the initial state: KSK + active ZSK, signed by the active ZSK (on every server).
+
+        A standby signer gets its own copy back (state "standby"). After `cutover` or `retire`
+        this brings the withdrawn ZSK back at once: resolvers may fail for one DNSKEY TTL.
+        """
         self._apply(zone, "initial")
         if self._ds_role.get(self._spec(zone).name, "ksk") != "ksk":
             self._set_parent_ds(zone, "ksk")
+        if self._spec(zone).standby_signer:
+            self.desync_standby(zone)
+
+    def _standby_spec(self, zone: str) -> ChildSpec:
+        spec = self._spec(zone)
+        if not spec.standby_signer:
+            raise LabError(f"{spec.name} has no standby signer")
+        return spec
+
+    def _auth_serial(self, zone: str, addr: str) -> int | None:
+        resp = query(addr, zone, "SOA", rd=False, timeout=1)
+        return next((rd.serial for rrset in resp.answer if rrset.rdtype == dns.rdatatype.SOA for rd in rrset),
+                    None)
+
+    def _reload_standby(self, spec: ChildSpec, done: Callable[[], bool], what: str) -> None:
+        try:
+            servers.nsd_reload(self.workdir / f"nsd-{zones.STANDBY_ADDR}", spec.name)
+        except ServerError as exc:
+            raise LabError(str(exc)) from exc
+        if not servers.wait_until(done, 5):
+            raise LabError(f"{spec.name}: the standby {zones.STANDBY_ADDR} does not serve {what}")
+
+    def sync_standby(self, zone: str) -> None:
+        """Give the standby signer exactly what ns1 serves (same file: keys, signatures, serial)."""
+        spec = self._standby_spec(zone)
+        addr = zones.STANDBY_ADDR
+        shutil.copy(self._zonefile(spec.name), self._zonefile_at(addr, spec.name))
+
+        def same() -> bool:
+            return self._auth_tags(spec.name, addr) == self._auth_tags(spec.name, zones.CHILD_ADDR) and (
+                self._auth_serial(spec.name, addr) == self._auth_serial(spec.name, zones.CHILD_ADDR))
+
+        self._reload_standby(spec, same, "what ns1 serves")
+
+    def desync_standby(self, zone: str) -> None:
+        """Re-sign the standby signer's own copy with its own ZSK (state "standby") and serve it."""
+        spec = self._standby_spec(zone)
+        addr = zones.STANDBY_ADDR
+        try:
+            self._sign_child(spec, "standby", out=self._zonefile_at(addr, spec.name))
+        except SigningError as exc:
+            raise LabError(str(exc)) from exc
+        serial = self._serial  # the serial _sign_child just wrote (scenario steps run one at a time)
+        want = self._tags_of(spec.name, "standby")
+
+        def served() -> bool:
+            return self._auth_tags(spec.name, addr) == want and self._auth_serial(spec.name, addr) == serial
+
+        self._reload_standby(spec, served, f"its own keys {want}")
 
     def _set_parent_ds(self, zone: str, role: str) -> None:
         """Re-sign the parent with the DS of `role`'s key; return once its server serves it."""

@@ -27,7 +27,9 @@ REVERSE_ADDR = "127.53.0.3"
 CHILD_ADDR = "127.53.0.4"
 # ns2 of the zones served by two authoritative servers (partial cut-over scenario)
 SECOND_CHILD_ADDR = "127.53.0.5"
-AUTH_ADDRS = (ROOT_ADDR, ARPA_ADDR, REVERSE_ADDR, CHILD_ADDR, SECOND_CHILD_ADDR)
+# A standby signer: serves its own signed copy of a zone but is in no NS set and has no glue.
+STANDBY_ADDR = "127.53.0.6"
+AUTH_ADDRS = (ROOT_ADDR, ARPA_ADDR, REVERSE_ADDR, CHILD_ADDR, SECOND_CHILD_ADDR, STANDBY_ADDR)
 
 ROOT_NS = "a.root-servers.lab."
 INFRA_TTL = 3600
@@ -53,6 +55,7 @@ class ChildSpec:
     standby_ksk: bool = False  # generate a second KSK (KSK swap without DS pre-publication)
     second_server: bool = False  # also served by ns2 at SECOND_CHILD_ADDR
     cnames_to: str | None = None  # names are RFC 2317-style CNAMEs into this zone
+    standby_signer: bool = False  # also served, outside the NS set, by the standby at STANDBY_ADDR
 
 
 def _v4(prefix: str, n: int) -> tuple[str, ...]:
@@ -86,6 +89,15 @@ CHILDREN: tuple[ChildSpec, ...] = (
     # 63's names are CNAMEs into 64 (like RFC 2317 classless delegation); 64 gets the bad cut-over.
     ChildSpec("63.in-addr.arpa.", 30, 2, _v4("63", 2), cnames_to="64.in-addr.arpa."),
     ChildSpec("64.in-addr.arpa.", 10, 2, _v4("64", 2), standby=True),
+    # Issue 9 (signer-side key audit), again one zone per scenario:
+    # the bad cut-over (`Lab.cutover`) seen from the signer side;
+    ChildSpec("106.in-addr.arpa.", 12, 2, _v4("106", 2), standby=True),
+    # the correct rollover: `prepublish`, `roll`, `retire`;
+    ChildSpec("110.in-addr.arpa.", 6, 2, _v4("110", 2), standby=True),
+    # a standby signer holding another ZSK (`sync_standby` / `desync_standby`);
+    ChildSpec("111.in-addr.arpa.", 10, 2, _v4("111", 2), standby=True, standby_signer=True),
+    # KSK and parent DS swapped at once (`Lab.ksk_swap`), as 61.
+    ChildSpec("112.in-addr.arpa.", 4, 2, _v4("112", 2), ds_ttl=20, standby_ksk=True),
     ChildSpec(
         "101.in-addr.arpa.", 86400, 86400, tuple(f"101.0.{m}.{n}" for m in range(8) for n in range(250))
     ),
