@@ -315,6 +315,9 @@ def test_history_survives_a_restart_and_prunes(tmp_path: Path, z: SignedZone) ->
     assert doc["findings"][0].keys() >= {"code", "zone", "severity", "detail", "servers",
                                          "keytags", "new_keytags", "at_risk_until"}
     assert doc["summary"]["findings"]["critical"] == 1
+    keys = {k["keytag"]: k for k in doc["zones"][0]["keys"]}
+    assert keys[z.standby.tag]["published_first"] == T0 + 10
+    assert keys[z.zsk.tag]["published_last"] == T0 and "signing_first" in keys[z.zsk.tag]
     rows = key_history(h.load(ZONE)[0])
     by_tag = {r["keytag"]: r for r in rows}
     assert by_tag[z.zsk.tag]["published_last"] == T0

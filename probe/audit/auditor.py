@@ -14,7 +14,14 @@ from typing import Any
 
 from probe.audit.collect import Collector
 from probe.audit.findings import AuditPolicy, Finding, exit_status, judge
-from probe.audit.history import AuditHistory, Version, ZoneMeta, advance, observed
+from probe.audit.history import (
+    AuditHistory,
+    Version,
+    ZoneMeta,
+    advance,
+    key_history,
+    observed,
+)
 from probe.audit.served import ParentServed, Served, parent_served, served, tags, zone_keys
 from probe.audit.snapshot import Role, ZoneSnapshot
 from probe.codes import FindingSeverity
@@ -34,6 +41,8 @@ class ZoneAudit:
     servers: tuple[Served, ...]
     parents: tuple[ParentServed, ...]
     findings: tuple[Finding, ...]
+    # Per server and key: first/last seen published and signing (history.key_history).
+    keys: tuple[dict[str, object], ...] = ()
 
     @property
     def zone(self) -> str:
@@ -56,6 +65,7 @@ class ZoneAudit:
                          "dnskey_ttl": s.dnskey_ttl} for s in self.servers],
             "parent_ds": [{"server": p.server, "answered": p.answered,
                            "ds_keytags": list(tags(p.ds)), "ttl": p.ttl} for p in self.parents],
+            "keys": [dict(k) for k in self.keys],
             "notes": list(self.snapshot.notes),
         }
         if raw:
@@ -73,7 +83,8 @@ def assess(snapshot: ZoneSnapshot, history: Sequence[Version], meta: ZoneMeta | 
     versions, changes = advance(history, observed(srv, par), now=now)
     judged = judge(snapshot.zone, now=now, servers=srv, parents=par, history=versions,
                    changes=changes, meta=meta, policy=policy)
-    return ZoneAudit(snapshot, srv, par, judged.findings), versions, judged.meta
+    return (ZoneAudit(snapshot, srv, par, judged.findings, tuple(key_history(versions))),
+            versions, judged.meta)
 
 
 @dataclass(frozen=True, slots=True)
