@@ -250,8 +250,9 @@ def step(
             else:
                 out[zr.zone] = replace(inc, clean_rounds=clean)
             continue
-        # A cause, once found, stays: the finding ends when the risk does, the incident later.
-        s = {**_summarise(zr.bogus), "cause": zr.cause or inc.cause}
+        # A cause, once found, stays as first worded: the finding ends when the risk does, the
+        # incident later, and a moving at-risk time must not send an update every round.
+        s = {**_summarise(zr.bogus), "cause": inc.cause or zr.cause}
         if _changed(inc, s):
             upd = replace(inc, **s, clean_rounds=0, updated_at=now,
                           max_affected=max(inc.max_affected, len(zr.bogus)))
@@ -284,17 +285,18 @@ def audit_key(zone: str, code: str) -> str:
 
 
 def audit_step(open_incidents: Mapping[str, Incident], findings: Sequence[Finding], *,
-               audited: Iterable[str], watched: Iterable[str], now: float
+               answered: Mapping[str, Iterable[str]], watched: Iterable[str], now: float
                ) -> tuple[dict[str, Incident], list[IncidentEvent]]:
     """Advance the paged audit findings (unsafe-rollover, signer-key-mismatch) by one pass.
 
-    A finding opens an incident (keyed by audit_key); new servers or key tags update it; it
-    resolves in the first pass that audited its zone without it (no countdown: the audit sees
-    the source itself, not a sample of resolvers), or when the zone is no longer watched."""
+    A finding opens an incident (keyed by audit_key); new servers or key tags update it. It
+    resolves when a pass of its zone, in which every server it names answered, no longer has
+    it — or, for an unsafe rollover, once its at_risk_until has passed — or when the zone is no
+    longer watched. A server that timed out this pass resolves nothing (no page twice)."""
     from probe.audit.findings import PAGED
 
     current = {audit_key(f.zone, f.code.value): f for f in findings if f.code in PAGED}
-    done, keep = set(audited), set(watched)
+    keep = set(watched)
     out: dict[str, Incident] = {}
     events: list[IncidentEvent] = []
     for key, f in current.items():
@@ -314,7 +316,10 @@ def audit_step(open_incidents: Mapping[str, Incident], findings: Sequence[Findin
     for key, inc in open_incidents.items():
         if key in current:
             continue
-        if inc.zone in done or inc.zone not in keep:
+        heard = set(answered.get(inc.zone, ()))
+        over = (inc.kind == "unsafe-rollover" and inc.recovers_at is not None
+                and now >= inc.recovers_at)
+        if inc.zone not in keep or over or (heard and set(inc.resolvers) <= heard):
             events.append(IncidentEvent(EventKind.RESOLVE,
                                         replace(inc, resolved_at=now, updated_at=now), now))
         else:

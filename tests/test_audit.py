@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from pathlib import Path
 
 import dns.dnssec
@@ -182,9 +183,12 @@ def test_ksk_swap_without_double_ds_is_unsafe_on_the_ds_side(z: SignedZone) -> N
     got = run.audit(t, [_server(z, t, [ksk2, z.zsk], z.zsk, ksk=ksk2)],
                     (_ds(z, t, [ksk2], ttl=7200),))
     f = got[FindingCode.UNSAFE_ROLLOVER]
-    assert "DS set" in f.detail
+    # Both halves at once: the old DS cannot validate the new KSK's DNSKEY set, and the new
+    # DS cannot validate the DNSKEY set resolvers may still hold.
+    assert f"served a DS set ({z.ksk.tag}) matching none of them" in f.detail
+    assert f"serves a DS set ({ksk2.tag}) pointing only to KSK {ksk2.tag}" in f.detail
     assert f.new_keytags == (ksk2.tag,)
-    assert f.keytags == (z.ksk.tag,)
+    assert z.ksk.tag in f.keytags
     assert f.at_risk_until == t + 7200
     assert "192.0.2.99" in f.servers
 
@@ -362,3 +366,184 @@ def test_audit_command_rejects_bad_input(tmp_path: Path, capsys: pytest.CaptureF
             main(["audit", "14.in-addr.arpa", "--state-dir", str(tmp_path / "s"), *args])
         assert info.value.code == 3, args
     assert not (tmp_path / "s").exists()  # nothing was asked or written
+
+
+def test_failover_by_repointing_the_ns_set_is_unsafe(z: SignedZone) -> None:
+    """2012 by another road: the standby becomes the name server. What it signed as a standby
+    is not use by a server resolvers ask; the old name server's set is still in caches."""
+    run = Run()
+    a, s = "192.0.2.1", "192.0.2.50"
+    for t in range(int(T0), int(T0) + 7200, 600):
+        run.audit(t, [_server(z, t, [z.ksk, z.zsk], z.zsk, label=a),
+                      _server(z, t, [z.ksk, z.standby], z.standby, label=s, role=Role.STANDBY)])
+    t = T0 + 7200
+    got = run.audit(t, [_server(z, t, [z.ksk, z.standby], z.standby, label=s)])  # NS = {S}
+    f = got[FindingCode.UNSAFE_ROLLOVER]
+    assert f.new_keytags == (z.standby.tag,) and a in f.servers
+    # The old server, no longer asked, is taken to have served until one pass interval after
+    # it was last seen: the risk ends a TTL after that, not never.
+    assert f.at_risk_until == T0 + 6600 + 600 + 3600
+    assert FindingCode.UNSAFE_ROLLOVER not in run.audit(
+        T0 + 11000, [_server(z, T0 + 11000, [z.ksk, z.standby], z.standby, label=s)])
+
+
+def test_provider_switch_with_new_keys_is_unsafe(z: SignedZone) -> None:
+    run = Run()
+    for t in range(int(T0), int(T0) + 7200, 600):
+        run.audit(t, [_server(z, t, [z.ksk, z.zsk], z.zsk, label="192.0.2.1")])
+    t = T0 + 7200
+    got = run.audit(t, [_server(z, t, [z.ksk, z.standby], z.standby, label="198.51.100.1")])
+    assert got[FindingCode.UNSAFE_ROLLOVER].new_keytags == (z.standby.tag,)
+
+
+def test_double_signature_rollover_is_safe(z: SignedZone) -> None:
+    """RFC 6781 §4.1.1.2: the new key published and signing beside the old one at once."""
+    run = Run()
+    k2 = make_key()
+    for t in range(int(T0), int(T0) + 7200, 600):
+        run.audit(t, [_server(z, t, [z.ksk, z.zsk], z.zsk)])
+    t = T0 + 7200
+    srv = _server(z, t, [z.ksk, z.zsk, k2], z.zsk)
+    both = _double_signed(z, srv, [z.zsk, k2])
+    got = run.audit(t, [both])
+    assert FindingCode.UNSAFE_ROLLOVER not in got and FindingCode.KEY_CHANGE in got
+    # Dropping the old key's signatures at once would not be safe; after TTL + margin it is.
+    t2 = t + 600
+    assert FindingCode.UNSAFE_ROLLOVER not in run.audit(
+        t2, [_double_signed(z, _server(z, t2, [z.ksk, z.zsk, k2], z.zsk), [z.zsk, k2])])
+    t3 = t2 + 3901
+    assert FindingCode.UNSAFE_ROLLOVER not in run.audit(
+        t3, [_server(z, t3, [z.ksk, z.zsk, k2], k2)])
+
+
+def _double_signed(z: SignedZone, srv: ServerSnapshot, keys: list[Key]) -> ServerSnapshot:
+    """The server's SOA and PTR signed by every key in `keys`."""
+    def resign(obs: Observation) -> Observation:
+        rr = obs.answer[0]
+        rrset = z._rrset(rr.name, rr.rdtype, rr.ttl, list(rr.rdatas))
+        sigs = tuple(z._sign(rrset, k) for k in keys)
+        return Observation.from_dict({**obs.to_dict(), "answer": [
+            {"name": rr.name, "rdtype": rr.rdtype, "ttl": rr.ttl, "rdatas": list(rr.rdatas),
+             "rrsigs": list(sigs)}]})
+    return ServerSnapshot(srv.server, srv.role, srv.dnskey, resign(srv.soa),
+                          tuple(resign(a) for a in srv.answers))
+
+
+def test_a_silent_parent_server_does_not_keep_a_risk_forever(z: SignedZone) -> None:
+    run = Run()
+    ksk2 = make_key(True)
+    p1, p2 = "192.0.2.98", "192.0.2.99"
+    run.audit(T0, [_server(z, T0, [z.ksk, z.zsk], z.zsk)],
+              (_ds(z, T0, [z.ksk], label=p1, ttl=600), _ds(z, T0, [z.ksk], label=p2, ttl=600)))
+    t = T0 + 60
+    got = run.audit(t, [_server(z, t, [ksk2, z.zsk], z.zsk, ksk=ksk2)],
+                    (_ds(z, t, [ksk2], label=p1, ttl=600),))  # p2 times out from now on
+    assert FindingCode.UNSAFE_ROLLOVER in got
+    later = T0 + 10 * 86400
+    got = run.audit(later, [_server(z, later, [ksk2, z.zsk], z.zsk, ksk=ksk2)],
+                    (_ds(z, later, [ksk2], label=p1, ttl=600),))
+    assert FindingCode.UNSAFE_ROLLOVER not in got
+
+
+def _two_ksks(z: SignedZone, t: float, ksk2: Key) -> ServerSnapshot:
+    """The DNSKEY set with both KSKs, signed by both (the double-KSK method)."""
+    srv = _server(z, t, [z.ksk, ksk2, z.zsk], z.zsk)
+    rr = srv.dnskey.answer[0]
+    rrset = z._rrset(rr.name, "DNSKEY", rr.ttl, list(rr.rdatas))
+    both = Observation.from_dict({**srv.dnskey.to_dict(), "answer": [
+        {"name": rr.name, "rdtype": "DNSKEY", "ttl": rr.ttl, "rdatas": list(rr.rdatas),
+         "rrsigs": [z._sign(rrset, k) for k in (z.ksk, ksk2)]}]})
+    return ServerSnapshot(srv.server, srv.role, both, srv.soa, srv.answers)
+
+
+def test_ds_switched_before_the_new_ksk_spread_is_unsafe(z: SignedZone) -> None:
+    """Double-KSK done too fast: the new KSK published beside the old one, and the DS switched
+    to it before every cached DNSKEY set can hold it (RFC 7583 §3.3.4)."""
+    run = Run()
+    ksk2 = make_key(True)
+    for t in range(int(T0), int(T0) + 7200, 600):
+        run.audit(t, [_server(z, t, [z.ksk, z.zsk], z.zsk)], (_ds(z, t, [z.ksk]),))
+    t1 = T0 + 7200
+    run.audit(t1, [_two_ksks(z, t1, ksk2)], (_ds(z, t1, [z.ksk]),))
+    t2 = t1 + 60
+    got = run.audit(t2, [_two_ksks(z, t2, ksk2)], (_ds(z, t2, [ksk2]),))
+    f = got[FindingCode.UNSAFE_ROLLOVER]
+    assert f"pointing only to KSK {ksk2.tag}" in f.detail
+    assert f.at_risk_until == t1 + 3600  # the set without it, last served until t1
+    # Done right: after the DNSKEY TTL + margin, the same switch is safe.
+    run2 = Run()
+    for t in range(int(T0), int(T0) + 7200, 600):
+        run2.audit(t, [_server(z, t, [z.ksk, z.zsk], z.zsk)], (_ds(z, t, [z.ksk]),))
+    for t in range(int(t1), int(t1) + 4200, 600):
+        run2.audit(t, [_two_ksks(z, t, ksk2)], (_ds(z, t, [z.ksk]),))
+    t3 = t1 + 4200
+    got = run2.audit(t3, [_two_ksks(z, t3, ksk2)], (_ds(z, t3, [ksk2]),))
+    assert FindingCode.UNSAFE_ROLLOVER not in got
+
+
+def test_a_ds_set_of_unsupported_digests_is_no_rollover(z: SignedZone) -> None:
+    run = Run()
+    ksk2 = make_key(True)
+    gost = ParentSnapshot("192.0.2.99", Observation(
+        "auth:192.0.2.99", "192.0.2.99", 53, ZONE, "DS", False, False, T0, Outcome.REPLY,
+        rtt_ms=1.0, rcode=0, flags=FLAG_QR | FLAG_AA,
+        answer=(RRsetObs(ZONE, "DS", 3600, (f"{z.ksk.tag} 13 3 " + "ab" * 32,), ()),)))
+    run.audit(T0, [_server(z, T0, [z.ksk, z.zsk], z.zsk)], (gost,))
+    t = T0 + 60
+    got = run.audit(t, [_server(z, t, [ksk2, z.zsk], z.zsk, ksk=ksk2)], (gost,))
+    assert FindingCode.UNSAFE_ROLLOVER not in got  # validators treat the zone as insecure
+
+
+def test_a_gap_in_the_audits_is_said(z: SignedZone) -> None:
+    run = Run()
+    for t in range(int(T0), int(T0) + 7200, 600):
+        run.audit(t, [_server(z, t, [z.ksk, z.zsk], z.zsk)])
+    t = T0 + 7200 + 2 * 3600  # two hours without an audit, then a cut-over is seen
+    got = run.audit(t, [_server(z, t, [z.ksk, z.standby], z.standby)])
+    assert FindingCode.UNSAFE_ROLLOVER not in got  # never claimed without evidence ...
+    assert "previous audit was" in got[FindingCode.NO_HISTORY].detail  # ... but said
+
+
+def test_a_primary_ahead_of_its_secondaries_has_the_window(z: SignedZone) -> None:
+    run = Run()
+    p = "192.0.2.10"
+    for t in range(int(T0), int(T0) + 7200, 600):
+        run.audit(t, [_server(z, t, [z.ksk, z.zsk], z.zsk),
+                      _server(z, t, [z.ksk, z.zsk], z.zsk, label=p, role=Role.PRIMARY)])
+    t = T0 + 7200  # the primary pre-publishes; the secondaries have not transferred yet
+    got = run.audit(t, [_server(z, t, [z.ksk, z.zsk], z.zsk),
+                        _server(z, t, [z.ksk, z.zsk, z.standby], z.zsk, label=p,
+                                role=Role.PRIMARY)])
+    assert FindingCode.SIGNER_KEY_MISMATCH not in got
+    t2 = t + 600  # still behind after the window
+    got = run.audit(t2, [_server(z, t2, [z.ksk, z.zsk], z.zsk),
+                         _server(z, t2, [z.ksk, z.zsk, z.standby], z.zsk, label=p,
+                                 role=Role.PRIMARY)])
+    assert got[FindingCode.SIGNER_KEY_MISMATCH].servers == (p,)
+
+
+def test_an_older_pass_is_judged_not_recorded(tmp_path: Path, z: SignedZone) -> None:
+    h = AuditHistory.open(tmp_path)
+    auditor = Auditor(AuditConfig(), [], h, POLICY)
+    auditor.record([ZoneSnapshot(ZONE, T0, (_server(z, T0, [z.ksk, z.zsk], z.zsk),))])
+    auditor.record([ZoneSnapshot(ZONE, T0 + 100, (
+        _server(z, T0 + 100, [z.ksk, z.zsk, z.standby], z.zsk),))])
+    before = h.load(ZONE)
+    late = auditor.record([ZoneSnapshot(ZONE, T0 + 50, (
+        _server(z, T0 + 50, [z.ksk, z.zsk], z.zsk),))])
+    assert h.load(ZONE) == before
+    assert not [f for f in late.findings if f.code is FindingCode.KEY_CHANGE]
+    h.close()
+
+
+def test_a_flapping_server_keeps_a_bounded_history(z: SignedZone) -> None:
+    from probe.audit.history import MAX_VERSIONS, prune
+
+    run = Run()
+    for i in range(2 * MAX_VERSIONS + 10):
+        keys = [z.ksk, z.zsk] if i % 2 else [z.ksk, z.zsk, z.standby]
+        run.audit(T0 + i, [_server(z, T0 + i, keys, z.zsk)])
+    kept = prune(run.history, T0 + 1000)
+    per = Counter((v.server, v.kind) for v in kept)
+    assert max(per.values()) == MAX_VERSIONS
+    assert max(v.first_seen for v in kept) == max(v.first_seen for v in run.history)

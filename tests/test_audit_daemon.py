@@ -125,28 +125,32 @@ def _finding(code: FindingCode = FindingCode.SIGNER_KEY_MISMATCH, servers: tuple
 def test_audit_step_opens_updates_and_resolves_only_when_audited() -> None:
     t = 1_800_000_000.0
     info = Finding(FindingCode.KEY_CHANGE, ZONE, FindingSeverity.INFO, "x")
-    open1, ev = audit_step({}, [_finding(), info], audited=[ZONE], watched=[ZONE], now=t)
+    heard = {ZONE: ["192.0.2.1", "192.0.2.50"]}
+    open1, ev = audit_step({}, [_finding(), info], answered=heard, watched=[ZONE], now=t)
     assert [e.event for e in ev] == [EventKind.OPEN]  # info findings never page
     inc = open1[audit_key(ZONE, "signer-key-mismatch")]
     assert inc.source == "audit" and inc.id == "14.in-addr.arpa#signer-key-mismatch@2027-01-15T08:00:00Z"
     assert inc.detail == f"{ZONE}: standby differs"
-    same, ev = audit_step(open1, [_finding()], audited=[ZONE], watched=[ZONE], now=t + 60)
+    same, ev = audit_step(open1, [_finding()], answered=heard, watched=[ZONE], now=t + 60)
     assert ev == [] and same == open1
-    upd, ev = audit_step(open1, [_finding(new=(223,))], audited=[ZONE], watched=[ZONE],
+    upd, ev = audit_step(open1, [_finding(new=(223,))], answered=heard, watched=[ZONE],
                          now=t + 120)
     assert [e.event for e in ev] == [EventKind.UPDATE]
-    # Not audited this pass (no server answered): nothing is known, nothing changes.
-    kept, ev = audit_step(upd, [], audited=[], watched=[ZONE], now=t + 180)
+    # Not audited this pass (no server answered): nothing is known, nothing changes; nor when
+    # the server the finding names (the standby) did not answer.
+    kept, ev = audit_step(upd, [], answered={}, watched=[ZONE], now=t + 180)
     assert ev == [] and kept == upd
-    done, ev = audit_step(upd, [], audited=[ZONE], watched=[ZONE], now=t + 240)
+    kept, ev = audit_step(upd, [], answered={ZONE: ["192.0.2.1"]}, watched=[ZONE], now=t + 200)
+    assert ev == [] and kept == upd
+    done, ev = audit_step(upd, [], answered=heard, watched=[ZONE], now=t + 240)
     assert done == {} and [e.event for e in ev] == [EventKind.RESOLVE]
     assert ev[0].incident.detail.endswith("cleared at 2027-01-15T08:04:00Z")
-    gone, ev = audit_step(upd, [], audited=[], watched=[], now=t + 240)
+    gone, ev = audit_step(upd, [], answered={}, watched=[], now=t + 240)
     assert gone == {} and [e.event for e in ev] == [EventKind.RESOLVE]
 
 
 def test_audit_incidents_round_trip_and_channels_name_them() -> None:
-    (_, ev), = [audit_step({}, [_finding()], audited=[ZONE], watched=[ZONE], now=1e9)]
+    (_, ev), = [audit_step({}, [_finding()], answered={}, watched=[ZONE], now=1e9)]
     inc = ev[0].incident
     assert Incident.from_dict(inc.to_dict()) == inc
     am = AlertmanagerChannel("http://127.0.0.1:9093")
@@ -173,3 +177,34 @@ def test_finding_points_schema() -> None:
                                                   FindingSeverity.INFO, "k")], RND))
     assert "at_risk_until" not in no_risk
 
+
+
+def test_an_unsafe_rollover_stays_open_until_its_risk_is_over() -> None:
+    t = 1_800_000_000.0
+    f = _finding(FindingCode.UNSAFE_ROLLOVER, servers=("192.0.2.1", "192.0.2.2"))
+    f = Finding(f.code, f.zone, f.severity, f.detail, f.servers, f.keytags, f.new_keytags,
+                at_risk_until=t + 600)
+    opened, _ = audit_step({}, [f], answered={ZONE: ["192.0.2.1", "192.0.2.2"]},
+                           watched=[ZONE], now=t)
+    # 192.0.2.2 timed out: the finding is gone from this pass, the risk is not.
+    kept, ev = audit_step(opened, [], answered={ZONE: ["192.0.2.1"]}, watched=[ZONE], now=t + 60)
+    assert ev == []
+    done, ev = audit_step(kept, [], answered={ZONE: ["192.0.2.1"]}, watched=[ZONE], now=t + 600)
+    assert done == {} and [e.event for e in ev] == [EventKind.RESOLVE]
+
+
+def test_a_cause_is_worded_once() -> None:
+    from probe.incidents import BogusView, ZoneRound, step
+
+    bogus = {r: BogusView("stale-dnskey-cache", (2,), (1,), 1e9 + 60) for r in ("a", "b")}
+    policy = IncidentPolicy()
+    open1, ev = step({}, [ZoneRound(ZONE, bogus, 2, cause="x at risk until T1")], now=1e9,
+                     policy=policy)
+    assert [e.event for e in ev] == [EventKind.OPEN] and open1[ZONE].cause == "x at risk until T1"
+    open2, ev = step(open1, [ZoneRound(ZONE, bogus, 2, cause="x at risk until T2")],
+                     now=1e9 + 60, policy=policy)
+    assert ev == [] and open2[ZONE].cause == "x at risk until T1"
+    # An incident opened before the audit saw the cause gets it by one update.
+    open3, _ = step({}, [ZoneRound(ZONE, bogus, 2)], now=1e9, policy=policy)
+    open4, ev = step(open3, [ZoneRound(ZONE, bogus, 2, cause="y")], now=1e9 + 60, policy=policy)
+    assert [e.event for e in ev] == [EventKind.UPDATE] and open4[ZONE].cause == "y"

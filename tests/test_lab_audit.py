@@ -220,7 +220,7 @@ def test_ksk_swap_without_double_ds_is_unsafe_on_the_ds_side(lab: Lab, tmp_path:
         lab.reset(KSK_ZONE)
     f = got[FindingCode.UNSAFE_ROLLOVER]
     assert "DS set" in f.detail
-    assert f.new_keytags == (z.standby_ksk_tag,) and f.keytags == (z.ksk_tag,)
+    assert f.new_keytags == (z.standby_ksk_tag,) and z.ksk_tag in f.keytags
     assert f.at_risk_until is not None and abs(f.at_risk_until - (t + z.ds_ttl)) < 5
 
 

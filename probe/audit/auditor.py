@@ -49,6 +49,12 @@ class ZoneAudit:
         return self.snapshot.zone
 
     @property
+    def answered(self) -> frozenset[str]:
+        """Servers (the parent's too) that answered this pass."""
+        return frozenset({s.server for s in self.servers if s.answered}
+                         | {p.server for p in self.parents if p.answered})
+
+    @property
     def audited(self) -> bool:
         """Some name server or signer answered: the findings say something about the zone."""
         return any(s.answered and s.role is not Role.STANDBY for s in self.servers)
@@ -80,7 +86,13 @@ def assess(snapshot: ZoneSnapshot, history: Sequence[Version], meta: ZoneMeta | 
     srv = tuple(served(s, snapshot.zone, known) for s in snapshot.servers)
     par = tuple(parent_served(p, snapshot.zone) for p in snapshot.parent_ds)
     now = snapshot.at
-    versions, changes = advance(history, observed(srv, par), now=now)
+    changes: list[tuple[Version | None, Version]] = []
+    if meta is not None and now < meta.last_pass:
+        # Older than what the history already holds (the daemon's pass, collected while a cron
+        # `audit` recorded a newer one): judged against the history, not recorded in it.
+        versions = list(history)
+    else:
+        versions, changes = advance(history, observed(srv, par), now=now)
     judged = judge(snapshot.zone, now=now, servers=srv, parents=par, history=versions,
                    changes=changes, meta=meta, policy=policy)
     return (ZoneAudit(snapshot, srv, par, judged.findings, tuple(key_history(versions))),
@@ -159,9 +171,11 @@ class Auditor:
         """Judge and store each zone's pass (one transaction per zone)."""
         out = []
         for snap in snapshots:
-            versions, meta = self.history.load(snap.zone)
-            audit, versions, meta = assess(snap, versions, meta, self.policy)
-            self.history.save(snap.zone, versions, meta)
+            with self.history.transaction():
+                versions, meta = self.history.load(snap.zone)
+                audit, new_versions, new_meta = assess(snap, versions, meta, self.policy)
+                if meta is None or snap.at >= meta.last_pass:
+                    self.history.save(snap.zone, new_versions, new_meta)
             out.append(audit)
         return AuditReport(min((s.at for s in snapshots), default=self.clock()), tuple(out))
 

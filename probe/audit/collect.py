@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from probe.audit.snapshot import ParentSnapshot, Role, ServerSnapshot, ZoneSnapshot
 from probe.investigate import Investigator, server_label
@@ -42,11 +43,14 @@ class Collector:
 
     async def zone(self, zone: ZoneSpec) -> ZoneSnapshot:
         at = self.clock()
+        # Every NS address the resolvers agree on, plus zones.txt's ns= (for `check` ns= stands
+        # in for discovery; the audit wants every server resolvers may ask).
         found, (parent, parent_ds, parent_notes) = await asyncio.gather(
-            self.investigator.name_servers(zone), self.investigator.parent_ds(zone.name))
+            self.investigator.name_servers(replace(zone, ns=())),
+            self.investigator.parent_ds(zone.name))
         notes = list(found.notes) + list(parent_notes)
         servers: dict[tuple[str, int], Role] = {}
-        for role, addrs in ((Role.NS, found.servers[: self.max_servers]),
+        for role, addrs in ((Role.NS, (*zone.ns, *found.servers[: self.max_servers])),
                             (Role.PRIMARY, zone.primary), (Role.STANDBY, zone.standby)):
             for hp in addrs:
                 servers.setdefault(hp, role)  # a signer that is also a name server serves resolvers

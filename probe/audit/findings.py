@@ -17,7 +17,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from probe.audit.history import DNSKEY, DS, KSK_SIGNING, SIGNING, Version, ZoneMeta
-from probe.audit.served import ParentServed, Served, SigSeen, ds_matches, tags
+from probe.audit.served import (
+    ParentServed,
+    Served,
+    SigSeen,
+    ds_matches,
+    ds_usable,
+    group_keys,
+    tags,
+)
 from probe.audit.snapshot import Role
 from probe.codes import FINDINGS, FindingCode, FindingSeverity
 from probe.errors import ConfigError
@@ -155,9 +163,31 @@ def _run_start(versions: Sequence[Version], holds: Any) -> float | None:
     return start
 
 
-def _end(versions: Sequence[Version], i: int, now: float) -> float:
-    """The latest moment version i may have been served: until the next one was first seen."""
-    return versions[i + 1].first_seen if i + 1 < len(versions) else now
+# Roles whose DNSKEY sets resolvers use (a name server) or that feed them (the primary).
+_FACING = frozenset({Role.NS.value, Role.PRIMARY.value})
+
+
+def _facing(versions: Sequence[Version]) -> list[Version]:
+    return [v for v in versions if v.role in _FACING]
+
+
+@dataclass(frozen=True, slots=True)
+class _Clock:
+    """The pass's time, and how long ago the pass before it was (0 on the first)."""
+
+    now: float
+    gap: float
+
+    def end(self, versions: Sequence[Version], i: int) -> float:
+        """The latest moment version i may have been served: until the next one was first seen;
+        the latest version until now if this pass heard it, else until the first pass that
+        did not (a server that left the NS set or stopped answering)."""
+        if i + 1 < len(versions):
+            return versions[i + 1].first_seen
+        v = versions[i]
+        if v.last_seen >= self.now:
+            return self.now
+        return min(self.now, v.gone_at if v.gone_at is not None else v.last_seen)
 
 
 # -- the judge ----------------------------------------------------------------------------------
@@ -172,19 +202,20 @@ def judge(zone: str, *, now: float, servers: Sequence[Served], parents: Sequence
           history: Sequence[Version], changes: Sequence[tuple[Version | None, Version]],
           meta: ZoneMeta | None, policy: AuditPolicy) -> Judged:
     """Findings for one zone after one pass; `history` and `changes` come from advance()."""
+    clock = _Clock(now, 0.0 if meta is None else max(0.0, now - meta.last_pass))
     meta = meta or ZoneMeta(now, now)
-    meta = replace(meta, last_pass=now)
+    meta = replace(meta, last_pass=max(now, meta.last_pass))
     active = [s for s in servers if s.answered and s.role is not Role.STANDBY]
     findings: list[Finding] = []
     if not active:
         who = ", ".join(f"{s.server} ({s.role.value})" for s in servers) or "none found"
         findings.append(Finding(FindingCode.NO_SERVER_ANSWERED, zone, FindingSeverity.WARNING,
-                                f"{zone}: no name server or signer gave an authoritative DNSKEY "
-                                f"answer (servers: {who})", tuple(s.server for s in servers)))
+                                f"{zone}: no name server or signer gave authoritative DNSKEY and "
+                                f"SOA answers (servers: {who})", tuple(s.server for s in servers)))
     else:
-        findings += _no_history(zone, now, active, parents, meta, policy)
-        findings += _unsafe(zone, now, active, parents, history, policy)
-    findings += _mismatch(zone, servers)
+        findings += _no_history(zone, clock, active, parents, meta, policy)
+        findings += _unsafe(zone, clock, active, history, policy)
+    findings += _mismatch(zone, now, servers, history, policy)
     inconsistent, since = _inconsistent(zone, now, servers, meta, policy)
     meta = replace(meta, inconsistent_since=since)
     findings += inconsistent
@@ -193,25 +224,32 @@ def judge(zone: str, *, now: float, servers: Sequence[Served], parents: Sequence
     return Judged(tuple(findings), meta)
 
 
-def _no_history(zone: str, now: float, active: Sequence[Served], parents: Sequence[ParentServed],
-                meta: ZoneMeta, policy: AuditPolicy) -> list[Finding]:
+def _no_history(zone: str, clock: _Clock, active: Sequence[Served],
+                parents: Sequence[ParentServed], meta: ZoneMeta,
+                policy: AuditPolicy) -> list[Finding]:
     ttls = [s.dnskey_ttl or 0 for s in active] + [p.ttl or 0 for p in parents if p.answered]
     needed = max(ttls, default=0) + policy.margin
-    have = now - meta.first_pass
-    if have >= needed:
-        return []
-    return [Finding(FindingCode.NO_HISTORY, zone, FindingSeverity.INFO,
-                    f"{zone}: the audit history began {iso(meta.first_pass)} and covers "
-                    f"{_span(have)} of the {_span(needed)} (largest TTL + margin) needed: a key "
-                    "change before it began cannot be judged, so none is reported")]
+    have = clock.now - meta.first_pass
+    if have < needed:
+        return [Finding(FindingCode.NO_HISTORY, zone, FindingSeverity.INFO,
+                        f"{zone}: the audit history began {iso(meta.first_pass)} and covers "
+                        f"{_span(have)} of the {_span(needed)} (largest TTL + margin) needed: a "
+                        "key change before it began cannot be judged, so none is reported")]
+    if clock.gap > needed:
+        return [Finding(FindingCode.NO_HISTORY, zone, FindingSeverity.INFO,
+                        f"{zone}: the previous audit was {_span(clock.gap)} ago, longer than the "
+                        f"largest TTL + margin ({_span(needed)}): a key change in between "
+                        "cannot be judged; audit more often")]
+    return []
 
 
-def _unsafe(zone: str, now: float, active: Sequence[Served], parents: Sequence[ParentServed],
-            history: Sequence[Version], policy: AuditPolicy) -> list[Finding]:
-    """unsafe-rollover, both sides, merged into one finding for the zone."""
-    parts: list[_Risk] = _zsk_side(zone, now, active, history, policy)
-    parts += _ds_side(zone, now, active, parents, history, policy)
-    parts = [p for p in parts if p.at_risk_until > now]  # a risk that has passed is over
+def _unsafe(zone: str, clock: _Clock, active: Sequence[Served], history: Sequence[Version],
+            policy: AuditPolicy) -> list[Finding]:
+    """unsafe-rollover, every side, merged into one finding for the zone."""
+    parts: list[_Risk] = _zsk_side(clock, active, history, policy)
+    parts += _ksk_side(zone, clock, active, history, policy)
+    parts += _ds_side(zone, clock, history, policy)
+    parts = [p for p in parts if p.at_risk_until > clock.now]  # a risk that has passed is over
     if not parts:
         return []
     return [Finding(
@@ -235,28 +273,39 @@ class _Risk:
     lead: float | None
 
 
-def _zsk_side(zone: str, now: float, active: Sequence[Served], history: Sequence[Version],
+def _stale_sets(clock: _Clock, sets: dict[str, list[Version]], lacks: Any, since: float,
+                policy: AuditPolicy) -> list[tuple[str, Version, float]]:
+    """(server, version, end) of every DNSKEY set a name server or the primary was seen serving
+    within its TTL + margin before `since` (or after) for which `lacks(content)` holds."""
+    out = []
+    for server, vs in sets.items():
+        for i, v in enumerate(vs):
+            if v.role in _FACING and lacks(v.content) \
+                    and v.last_seen >= since - ((v.ttl or 0) + policy.margin):
+                out.append((server, v, clock.end(vs, i)))
+    return out
+
+
+def _zsk_side(clock: _Clock, active: Sequence[Served], history: Sequence[Version],
               policy: AuditPolicy) -> list[_Risk]:
-    """Data signed by a key missing from a DNSKEY set an active server was seen serving within
-    the key set's TTL + margin before the key's first use (RFC 6781 §4.1.1.1 pre-publication)."""
+    """An RRset signed only by keys missing from a DNSKEY set a name server (or the primary) was
+    seen serving within the set's TTL + margin before their first use (RFC 6781 §4.1.1.1
+    pre-publication). An RRset also signed by a key every such set held validates anyway
+    (double signature, RFC 6781 §4.1.1.2)."""
     sets = _by_server(history, DNSKEY)
-    signing = _by_server(history, SIGNING)
+    signing = {s: _facing(vs) for s, vs in _by_server(history, SIGNING).items()}
     out: list[_Risk] = []
-    for key in sorted({k for s in active for k in s.signers}):
-        starts = [_run_start(signing.get(s.server, []), lambda v, k=key: k in v.content)
-                  for s in active if key in s.signers]
+    for group in sorted({g for s in active for g in s.signer_groups}):
+        keys = group_keys(group)
+        starts = [_run_start(signing.get(s.server, []), lambda v, g=group: g in v.content)
+                  for s in active if group in s.signer_groups]
         used = min((t for t in starts if t is not None), default=None)
         if used is None:
             continue
-        old: list[tuple[str, Version, float]] = []
-        for s in active:
-            vs = sets.get(s.server, [])
-            for i, v in enumerate(vs):
-                if key not in v.content and v.last_seen >= used - ((v.ttl or 0) + policy.margin):
-                    old.append((s.server, v, _end(vs, i, now)))
+        old = _stale_sets(clock, sets, lambda c, k=keys: not (k & c), used, policy)
         if not old:
             continue
-        pubs = [_run_start(sets.get(s.server, []), lambda v, k=key: k in v.content)
+        pubs = [_run_start(_facing(sets.get(s.server, [])), lambda v, k=keys: bool(k & v.content))
                 for s in active]
         published = None if any(p is None for p in pubs) else max(p for p in pubs if p is not None)
         lead = None if published is None else max(0.0, used - published)
@@ -264,35 +313,46 @@ def _zsk_side(zone: str, now: float, active: Sequence[Served], history: Sequence
         risk = max(end + (v.ttl or 0) for _, v, end in old)
         old_keys = {k for _, v, _ in old for k in v.content}
         ttl = max(v.ttl or 0 for _, v, _ in old)
-        tag = _tags([key])
         when = (f"published {_span(lead)} before use" if lead is not None
                 else "not published by every server")
         out.append(_Risk(
-            f"re-signed with key {tag} {when} (needs the DNSKEY TTL {ttl} s + margin "
+            f"re-signed with key {_tags(keys)} {when} (needs the DNSKEY TTL {ttl} s + margin "
             f"{policy.margin:g} s); the old key set ({_tags(old_keys)}) was last served "
             f"{iso(last)}, so resolvers holding it fail until {iso(risk)}",
-            tuple(sorted({srv for srv, _, _ in old})), tags(old_keys), tags([key]), risk, last,
+            tuple(sorted({srv for srv, _, _ in old})), tags(old_keys), tags(keys), risk, last,
             lead))
     return out
 
 
-def _ds_side(zone: str, now: float, active: Sequence[Served], parents: Sequence[ParentServed],
-             history: Sequence[Version], policy: AuditPolicy) -> list[_Risk]:
-    """The DNSKEY RRset signed only by KSKs that no DS a parent server was seen serving within
-    the DS TTL + margin before the switch points to (RFC 7583 §3.3.2 double-DS / §3.3.3)."""
-    ksk = _by_server(history, KSK_SIGNING)
-    ds_versions = _by_server(history, DS)
-    memo: dict[tuple[str, str], bool] = {}
+class _Matcher:
+    """DS-to-key matching, each pair computed once per judgement."""
 
-    def covers(ds: frozenset[str], keys: frozenset[str]) -> bool:
+    def __init__(self, zone: str) -> None:
+        self.zone = zone
+        self.memo: dict[tuple[str, str], bool] = {}
+
+    def __call__(self, ds: frozenset[str], keys: Iterable[str]) -> bool:
         for d in ds:
             for k in keys:
-                if (d, k) not in memo:
-                    memo[(d, k)] = ds_matches(d, k, zone)
-                if memo[(d, k)]:
+                if (d, k) not in self.memo:
+                    self.memo[(d, k)] = ds_matches(d, k, self.zone)
+                if self.memo[(d, k)]:
                     return True
         return False
 
+
+def _usable(ds: frozenset[str]) -> bool:
+    # No DS (an insecure delegation) or none a validator can use: never a stale-key case.
+    return any(ds_usable(d) for d in ds)
+
+
+def _ksk_side(zone: str, clock: _Clock, active: Sequence[Served], history: Sequence[Version],
+              policy: AuditPolicy) -> list[_Risk]:
+    """The DNSKEY RRset signed only by KSKs that no DS a parent server was seen serving within
+    the DS TTL + margin before the switch points to (RFC 7583 §3.3.2 double-DS, §3.3.3)."""
+    ksk = {s: _facing(vs) for s, vs in _by_server(history, KSK_SIGNING).items()}
+    ds_versions = _by_server(history, DS)
+    covers = _Matcher(zone)
     # One risk per DS set that was served too recently: (servers, parents, end, ttl).
     found: dict[frozenset[str], tuple[set[str], set[str], float, int]] = {}
     for s in active:
@@ -300,15 +360,15 @@ def _ds_side(zone: str, now: float, active: Sequence[Served], parents: Sequence[
             continue
         for parent, vs in ds_versions.items():
             for i, d in enumerate(vs):
-                if not d.content or covers(d.content, s.ksk_signers):
-                    continue  # no DS: an insecure delegation is never a stale-key case
+                if not _usable(d.content) or covers(d.content, s.ksk_signers):
+                    continue
                 switched = _run_start(ksk.get(s.server, []),
                                       lambda v, ds=d.content: not covers(ds, v.content))
                 if switched is None or d.last_seen < switched - ((d.ttl or 0) + policy.margin):
                     continue
                 srv, par, end, ttl = found.get(d.content, (set(), set(), 0.0, 0))
                 found[d.content] = (srv | {s.server}, par | {parent},
-                                    max(end, _end(vs, i, now)), max(ttl, d.ttl or 0))
+                                    max(end, clock.end(vs, i)), max(ttl, d.ttl or 0))
     out: list[_Risk] = []
     for ds, (srv, par, end, ttl) in sorted(found.items(), key=lambda kv: sorted(kv[0])):
         signers = {k for s in active if s.server in srv for k in s.ksk_signers}
@@ -322,8 +382,45 @@ def _ds_side(zone: str, now: float, active: Sequence[Served], parents: Sequence[
     return out
 
 
-def _mismatch(zone: str, servers: Sequence[Served]) -> list[Finding]:
-    """Standby / primary signers whose keys differ from the name servers' (a failover risk)."""
+def _ds_side(zone: str, clock: _Clock, history: Sequence[Version],
+             policy: AuditPolicy) -> list[_Risk]:
+    """A DS set at the parent that points only to KSKs missing from a DNSKEY set a name server
+    was seen serving within its TTL + margin before the DS set appeared: resolvers holding that
+    DNSKEY set cannot validate it with the new DS (RFC 7583 §3.3.4 double-KSK)."""
+    sets = _by_server(history, DNSKEY)
+    known = {k for vs in sets.values() for v in vs for k in v.content}
+    covers = _Matcher(zone)
+    out: list[_Risk] = []
+    for parent, vs in sorted(_by_server(history, DS).items()):
+        d = vs[-1]
+        if not _usable(d.content) or clock.end(vs, len(vs) - 1) < clock.now:
+            continue  # only what the parent serves now
+        matched = frozenset(k for k in known if covers(d.content, [k]))
+        if not matched:
+            continue  # a DS matching no key ever published is a broken chain, not a rollover
+        since = _run_start(vs, lambda v, c=d.content: v.content == c)
+        if since is None:
+            continue
+        old = _stale_sets(clock, sets, lambda c, m=matched: not (m & c), since, policy)
+        if not old:
+            continue
+        end = max(e for _, _, e in old)
+        risk = max(e + (v.ttl or 0) for _, v, e in old)
+        old_keys = {k for _, v, _ in old for k in v.content}
+        out.append(_Risk(
+            f"the parent ({parent}) serves a DS set ({_tags(d.content)}) pointing only to KSK "
+            f"{_tags(matched)}, which a DNSKEY set served until {iso(end)} lacks: resolvers "
+            f"holding that set fail until {iso(risk)}",
+            tuple(sorted({parent, *(s for s, _, _ in old)})), tags(old_keys), tags(matched),
+            risk, end, None))
+    return out
+
+
+def _mismatch(zone: str, now: float, servers: Sequence[Served], history: Sequence[Version],
+              policy: AuditPolicy) -> list[Finding]:
+    """Standby / primary signers whose keys differ from the name servers' (a failover risk).
+    A primary ahead of its secondaries in a correct rollover is given the inconsistency window
+    for the zone transfer; a standby never is: it must match before the failover, not after."""
     ns = [s for s in servers if s.answered and s.role is Role.NS]
     ref = ns or [s for s in servers if s.answered and s.role is Role.PRIMARY]
     if not ref:
@@ -331,8 +428,17 @@ def _mismatch(zone: str, servers: Sequence[Served]) -> list[Finding]:
     keys = Counter(s.keys for s in ref).most_common(1)[0][0]
     signers = Counter(s.signers for s in ref).most_common(1)[0][0]
     others = [s for s in servers if s.answered and s.role is not Role.NS and s not in ref]
+    current = {(v.server, v.kind): v for v in sorted(history, key=lambda v: v.first_seen)}
+
+    def settled(s: Served) -> bool:
+        if s.role is not Role.PRIMARY:
+            return True
+        since = max((v.first_seen for kind in (DNSKEY, SIGNING)
+                     if (v := current.get((s.server, kind))) is not None), default=now)
+        return now - since >= policy.inconsistent_window
+
     # Signing with another key that every resolver already has is a safe switch.
-    bad = [s for s in others if s.keys != keys or not s.signers <= keys]
+    bad = [s for s in others if (s.keys != keys or not s.signers <= keys) and settled(s)]
     if not bad:
         return []
     each = "; ".join(f"{s.role.value} {s.server} publishes {_tags(s.keys)} and signs with "

@@ -9,13 +9,14 @@ tables live in the daemon's state.sqlite3, so `run` and a cron `audit` share one
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from probe.audit.served import ParentServed, Served, tag_of
+from probe.audit.served import ParentServed, Served, group_keys, tag_of
 from probe.errors import ConfigError
 
 DNSKEY = "dnskey"
@@ -32,6 +33,8 @@ CREATE TABLE IF NOT EXISTS audit_versions (
     last_seen REAL NOT NULL,
     ttl INTEGER,
     content TEXT NOT NULL,
+    role TEXT NOT NULL DEFAULT 'ns',
+    gone_at REAL,
     PRIMARY KEY (zone, server, kind, first_seen)
 );
 CREATE TABLE IF NOT EXISTS audit_zones (
@@ -42,13 +45,19 @@ CREATE TABLE IF NOT EXISTS audit_zones (
 );
 """
 
-# Versions older than this (by last_seen) are dropped, except each server's latest of a kind.
+# Versions older than this (by last_seen) are dropped, except each server's latest of a kind;
+# and at most MAX_VERSIONS per server and kind are kept (a server flapping between two answers
+# every pass must not grow the history without bound).
 KEEP_S = 90 * 86400.0
+MAX_VERSIONS = 200
 
 
 @dataclass(frozen=True, slots=True)
 class Version:
-    """One server serving one content of one kind from first_seen to last_seen."""
+    """One server serving one content of one kind, in one role, from first_seen to last_seen.
+
+    A server's role is part of a version: what a standby signed before it became a name server
+    (a failover) is not use of its keys by a server resolvers ask."""
 
     server: str
     kind: str
@@ -56,6 +65,10 @@ class Version:
     ttl: int | None  # the largest capped TTL seen while it was served
     first_seen: float
     last_seen: float
+    role: str = "ns"
+    # The first pass after last_seen that did not hear it from this server (it stopped
+    # answering, or left the NS set): the latest it may have been served. None while heard.
+    gone_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,17 +80,23 @@ class ZoneMeta:
     inconsistent_since: float | None = None
 
 
-def observed(servers: Iterable[Served], parents: Iterable[ParentServed]
-             ) -> list[tuple[str, str, frozenset[str], int | None]]:
-    """(server, kind, content, ttl) this pass saw; servers that did not answer say nothing."""
-    out: list[tuple[str, str, frozenset[str], int | None]] = []
+Seen = tuple[str, str, frozenset[str], int | None, str]  # server, kind, content, ttl, role
+PARENT = "parent"  # the role of a parent zone's server
+
+
+def observed(servers: Iterable[Served], parents: Iterable[ParentServed]) -> list[Seen]:
+    """What this pass saw; servers that did not answer say nothing. Signing is recorded as
+    signer groups (the keys signing each RRset)."""
+    out: list[Seen] = []
     for s in servers:
         if s.answered:
-            out += [(s.server, DNSKEY, s.keys, s.dnskey_ttl), (s.server, SIGNING, s.signers, None),
-                    (s.server, KSK_SIGNING, s.ksk_signers, None)]
+            r = s.role.value
+            out += [(s.server, DNSKEY, s.keys, s.dnskey_ttl, r),
+                    (s.server, SIGNING, s.signer_groups, None, r),
+                    (s.server, KSK_SIGNING, s.ksk_signers, None, r)]
     for p in parents:
         if p.answered:
-            out.append((p.server, DS, p.ds, p.ttl))
+            out.append((p.server, DS, p.ds, p.ttl, PARENT))
     return out
 
 
@@ -85,8 +104,7 @@ def _max(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-def advance(history: Sequence[Version],
-            seen: Iterable[tuple[str, str, frozenset[str], int | None]], *, now: float
+def advance(history: Sequence[Version], seen: Iterable[Seen], *, now: float
             ) -> tuple[list[Version], list[tuple[Version | None, Version]]]:
     """The history after this pass, and the changes it made: (previous latest, new version) for
     each server and kind whose content changed (previous None on first sight)."""
@@ -97,16 +115,22 @@ def advance(history: Sequence[Version],
         if j is None or out[j].first_seen < v.first_seen:
             latest[(v.server, v.kind)] = i
     changes: list[tuple[Version | None, Version]] = []
-    for server, kind, content, ttl in seen:
+    for server, kind, content, ttl, role in seen:
         j = latest.get((server, kind))
         prev = None if j is None else out[j]
-        if j is not None and prev is not None and prev.content == content:
-            out[j] = replace(prev, last_seen=max(prev.last_seen, now), ttl=_max(prev.ttl, ttl))
+        if j is not None and prev is not None and (prev.content, prev.role) == (content, role):
+            out[j] = replace(prev, last_seen=max(prev.last_seen, now), ttl=_max(prev.ttl, ttl),
+                             gone_at=None)
             continue
-        new = Version(server, kind, content, ttl, now, now)
+        new = Version(server, kind, content, ttl, now, now, role)
         latest[(server, kind)] = len(out)
         out.append(new)
-        changes.append((prev, new))
+        if prev is None or prev.content != content:  # a role change alone is no key change
+            changes.append((prev, new))
+    for i in latest.values():  # not heard this pass: mark when it was first missed
+        v = out[i]
+        if v.last_seen < now and v.gone_at is None:
+            out[i] = replace(v, gone_at=now)
     return out, changes
 
 
@@ -136,44 +160,61 @@ class AuditHistory:
 
     def load(self, zone: str) -> tuple[list[Version], ZoneMeta | None]:
         rows = self.db.execute(
-            "SELECT server, kind, content, ttl, first_seen, last_seen FROM audit_versions"
-            " WHERE zone = ? ORDER BY first_seen", (zone,)).fetchall()
-        versions = [Version(r[0], r[1], frozenset(json.loads(r[2])), r[3], r[4], r[5])
+            "SELECT server, kind, content, ttl, first_seen, last_seen, role, gone_at"
+            " FROM audit_versions WHERE zone = ? ORDER BY first_seen", (zone,)).fetchall()
+        versions = [Version(r[0], r[1], frozenset(json.loads(r[2])), r[3], r[4], r[5], r[6], r[7])
                     for r in rows]
         m = self.db.execute("SELECT first_pass, last_pass, inconsistent_since FROM audit_zones"
                             " WHERE zone = ?", (zone,)).fetchone()
         return versions, (None if m is None else ZoneMeta(m[0], m[1], m[2]))
 
-    def save(self, zone: str, versions: Sequence[Version], meta: ZoneMeta) -> None:
-        """Write the zone's history after a pass, dropping versions past KEEP_S (atomically)."""
-        latest: dict[tuple[str, str], float] = {}
-        for v in versions:
-            latest[(v.server, v.kind)] = max(latest.get((v.server, v.kind), 0.0), v.first_seen)
-        keep = [v for v in versions
-                if meta.last_pass - v.last_seen < KEEP_S or latest[(v.server, v.kind)] == v.first_seen]
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Load, advance and save of one zone in one write transaction: a cron `audit` and the
+        daemon recording passes of the same zone at once must not lose one."""
+        self.db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("DELETE FROM audit_versions WHERE zone = ?", (zone,))
-            db.executemany(
-                "INSERT INTO audit_versions (zone, server, kind, first_seen, last_seen, ttl,"
-                " content) VALUES (?,?,?,?,?,?,?)",
-                [(zone, v.server, v.kind, v.first_seen, v.last_seen, v.ttl,
-                  json.dumps(sorted(v.content))) for v in keep])
-            db.execute(
-                "INSERT INTO audit_zones (zone, first_pass, last_pass, inconsistent_since)"
-                " VALUES (?,?,?,?) ON CONFLICT(zone) DO UPDATE SET last_pass=excluded.last_pass,"
-                " inconsistent_since=excluded.inconsistent_since",
-                (zone, meta.first_pass, meta.last_pass, meta.inconsistent_since))
-            db.execute("COMMIT")
+            yield
         except BaseException:
-            db.execute("ROLLBACK")
+            self.db.execute("ROLLBACK")
             raise
+        self.db.execute("COMMIT")
+
+    def save(self, zone: str, versions: Sequence[Version], meta: ZoneMeta) -> None:
+        """Write the zone's history after a pass (inside transaction()), dropping versions past
+        KEEP_S and beyond MAX_VERSIONS per server and kind."""
+        db = self.db
+        db.execute("DELETE FROM audit_versions WHERE zone = ?", (zone,))
+        db.executemany(
+            "INSERT INTO audit_versions (zone, server, kind, first_seen, last_seen, ttl,"
+            " content, role, gone_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            [(zone, v.server, v.kind, v.first_seen, v.last_seen, v.ttl,
+              json.dumps(sorted(v.content)), v.role, v.gone_at)
+             for v in prune(versions, meta.last_pass)])
+        db.execute(
+            "INSERT INTO audit_zones (zone, first_pass, last_pass, inconsistent_since)"
+            " VALUES (?,?,?,?) ON CONFLICT(zone) DO UPDATE SET last_pass=excluded.last_pass,"
+            " inconsistent_since=excluded.inconsistent_since",
+            (zone, meta.first_pass, meta.last_pass, meta.inconsistent_since))
 
     def key_history(self, zone: str) -> list[dict[str, object]]:
         """Per server and key: first/last seen published and signing (from the versions)."""
         versions, _ = self.load(zone)
         return key_history(versions)
+
+
+def prune(versions: Sequence[Version], now: float) -> list[Version]:
+    """Versions to keep: seen within KEEP_S, and the latest MAX_VERSIONS per server and kind
+    (each server's latest always)."""
+    by: dict[tuple[str, str], list[Version]] = {}
+    for v in versions:
+        by.setdefault((v.server, v.kind), []).append(v)
+    keep: list[Version] = []
+    for vs in by.values():
+        vs.sort(key=lambda v: v.first_seen)
+        recent = [v for v in vs[:-1] if now - v.last_seen < KEEP_S][-(MAX_VERSIONS - 1):]
+        keep += [*recent, vs[-1]]
+    return sorted(keep, key=lambda v: v.first_seen)
 
 
 def key_history(versions: Sequence[Version]) -> list[dict[str, object]]:
@@ -184,7 +225,8 @@ def key_history(versions: Sequence[Version]) -> list[dict[str, object]]:
     for v in versions:
         if v.kind not in what:
             continue
-        for k in v.content:
+        keys = {k for g in v.content for k in group_keys(g)} if v.kind == SIGNING else v.content
+        for k in keys:
             row = times.setdefault((v.server, k), {})
             first, last = f"{what[v.kind]}_first", f"{what[v.kind]}_last"
             row[first] = min(row.get(first, v.first_seen), v.first_seen)

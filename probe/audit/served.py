@@ -27,6 +27,15 @@ from probe.diagnose import MAX_RDATAS, authoritative, signed_rrsets
 from probe.observation import Observation, Outcome, RRsetObs
 
 UNKNOWN = "?"
+GROUP_SEP = "|"  # in no key id (base64 has no '|')
+
+
+def group_id(keys: Iterable[str]) -> str:
+    return GROUP_SEP.join(sorted(keys))
+
+
+def group_keys(group: str) -> frozenset[str]:
+    return frozenset(k for k in group.split(GROUP_SEP) if k)
 
 
 def key_id(key: DNSKEY) -> str:
@@ -66,13 +75,18 @@ class Served:
 
     server: str
     role: Role
-    answered: bool  # an authoritative DNSKEY answer: nothing below means anything without it
+    # Authoritative DNSKEY and SOA answers: a server that answered only part of the questions
+    # says nothing this pass (a timeout must not look like a change).
+    answered: bool
     serial: int | None
     keys: frozenset[str]  # key ids of the DNSKEY RRset
     dnskey_ttl: int | None  # the most a resolver may cache the set (TTL capped, see _cap)
     signers: frozenset[str]  # keys whose signatures cover the zone's data (SOA, probe answers)
     ksk_signers: frozenset[str]  # keys whose signatures cover the DNSKEY RRset
     sigs: tuple[SigSeen, ...] = ()
+    # The signers of each signed RRset, as group ids (key ids joined by GROUP_SEP): an RRset
+    # signed by an old and a new key (double signature) validates with either.
+    signer_groups: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +115,11 @@ def _sigs(rrset: RRsetObs) -> list[RRSIG]:
 
 
 def _cap(rrset: RRsetObs, sigs: Sequence[RRSIG], at: float) -> int:
-    """The longest a resolver may cache `rrset` fetched at `at`: its TTL, capped by the
-    signatures' original TTL and by their expiration (RFC 4035 §5.3.3)."""
-    ttl = rrset.ttl
-    for s in sigs:
-        ttl = min(ttl, s.original_ttl, max(0, int(s.expiration - at)))
-    return max(0, ttl)
+    """The longest a resolver may cache `rrset` fetched at `at`: its TTL, capped by the original
+    TTL and expiration (RFC 4035 §5.3.3) of the signature that allows the longest — a leftover
+    expired signature beside a valid one must not shorten it."""
+    caps = [min(s.original_ttl, int(s.expiration - at)) for s in sigs if s.expiration > at]
+    return max(0, min(rrset.ttl, max(caps)) if caps else rrset.ttl)
 
 
 def _reply(obs: Observation) -> bool:
@@ -161,7 +174,7 @@ def served(snap: ServerSnapshot, zone: str, known: Sequence[DNSKEY]) -> Served:
     by_tag: dict[tuple[int, int], list[DNSKEY]] = {}
     for k in known:
         by_tag.setdefault((dns.dnssec.key_id(k), int(k.algorithm)), []).append(k)
-    if not _reply(snap.dnskey):
+    if not (_reply(snap.dnskey) and _reply(snap.soa)):
         return Served(snap.server, snap.role, False, _serial(snap.soa, zone), frozenset(), None,
                       frozenset(), frozenset())
     at = snap.dnskey.started
@@ -176,16 +189,18 @@ def served(snap: ServerSnapshot, zone: str, known: Sequence[DNSKEY]) -> Served:
         ttl = _cap(rr, sigs, at)
         ksk_signers.update(_signer(s, rr, by_tag, origin) for s in sigs)
         seen += _seen(rr, sigs)
-    signers: set[str] = set()
+    groups: set[str] = set()
     for obs in (snap.soa, *snap.answers):
         if not _reply(obs):
             continue
         for rr in signed_rrsets(obs, obs.qname, obs.qtype)[:8]:
             sigs = [s for s in _sigs(rr) if s.signer == origin]  # data of a zone below: not ours
-            signers.update(_signer(s, rr, by_tag, origin) for s in sigs)
+            if sigs:
+                groups.add(group_id({_signer(s, rr, by_tag, origin) for s in sigs}))
             seen += _seen(rr, sigs)
+    signers = frozenset(k for g in groups for k in group_keys(g))
     return Served(snap.server, snap.role, True, _serial(snap.soa, zone), frozenset(keys), ttl,
-                  frozenset(signers), frozenset(ksk_signers), tuple(seen))
+                  signers, frozenset(ksk_signers), tuple(seen), frozenset(groups))
 
 
 def _seen(rr: RRsetObs, sigs: Sequence[RRSIG]) -> list[SigSeen]:
@@ -218,6 +233,17 @@ def parent_served(p: ParentSnapshot, zone: str) -> ParentServed:
         ds.update(ds_id(d) for d in _parse(rr.rdatas, "DS", dns.name.root) if isinstance(d, DS))
         ttl = _cap(rr, _sigs(rr), obs.started)
     return ParentServed(p.server, True, frozenset(ds), ttl)
+
+
+# DS digest types a validator uses (RFC 4509, RFC 6605; SHA-1 still validates, RFC 8624 §3.3).
+_USABLE_DIGESTS = frozenset({"1", "2", "4"})
+
+
+def ds_usable(ds_ident: str) -> bool:
+    """A DS a validator can use: a digest type it implements. A DS set with none of these is
+    treated as insecure (RFC 4035 §5.2), never a stale-key case."""
+    parts = ds_ident.split("/")
+    return len(parts) == 4 and parts[2] in _USABLE_DIGESTS
 
 
 def ds_matches(ds_ident: str, key_ident: str, zone: str) -> bool:

@@ -134,7 +134,7 @@ class Monitor:
         self.open, events = retire(restored, [z.name for z in self.zones], now=now)
         # Audit incidents of zones no longer watched resolve now; the others wait for a pass.
         self.audit_open, audit_events = audit_step(
-            self.store.open_audit_incidents(), [], audited=(),
+            self.store.open_audit_incidents(), [], answered={},
             watched=[z.name for z in self.zones] if self.auditor else (), now=now)
         events += audit_events
         if events:
@@ -237,7 +237,7 @@ class Monitor:
             if report is not None:
                 audit_open, audit_events = audit_step(
                     self.audit_open, report.findings,
-                    audited=[z.zone for z in report.zones if z.audited],
+                    answered={z.zone: z.answered for z in report.zones},
                     watched=[z.name for z in self.zones], now=end)
                 changed += [i for k, i in audit_open.items() if self.audit_open.get(k) != i]
                 changed += [e.incident for e in audit_events if e.event is EventKind.RESOLVE]
