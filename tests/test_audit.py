@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import dns.dnssec
+import dns.rdatatype
 import pytest
 from signedzone import Key, SignedZone, make_key
 
@@ -17,6 +18,7 @@ from probe.audit.snapshot import ParentSnapshot, Role, ServerSnapshot, ZoneSnaps
 from probe.codes import FindingCode, FindingSeverity
 from probe.errors import ConfigError
 from probe.observation import FLAG_AA, FLAG_QR, Observation, Outcome, RRsetObs
+from probe.zones import zone_from_tokens
 
 ZONE = "14.in-addr.arpa."
 T0 = 1_800_000_000.0
@@ -547,3 +549,29 @@ def test_a_flapping_server_keeps_a_bounded_history(z: SignedZone) -> None:
     per = Counter((v.server, v.kind) for v in kept)
     assert max(per.values()) == MAX_VERSIONS
     assert max(v.first_seen for v in kept) == max(v.first_seen for v in run.history)
+
+
+def test_collect_asks_each_server_directly_and_boundedly(tmp_path: Path) -> None:
+    """RD=0 with DO to every server; the SOA, the DNSKEY set and at most MAX_AUDIT_NAMES probe
+    names per server, however many the zone has (this server answers everything empty)."""
+    import asyncio
+
+    import dns.flags
+    from fakedns import FakeDNS, make_auth_reply
+
+    from probe.audit.collect import MAX_AUDIT_NAMES
+
+    names = " ".join(f"{i}.0.0" for i in range(3 * MAX_AUDIT_NAMES))
+    with FakeDNS(lambda req: make_auth_reply(req.wire)) as srv:
+        spec = zone_from_tokens([ZONE, *names.split(), f"standby=127.0.0.1:{srv.port}"])
+        h = AuditHistory.open(tmp_path)
+        auditor = Auditor(AuditConfig(timeout=0.5, retries=0, allow_local_auth=True), [], h,
+                          POLICY)
+        [snap] = asyncio.run(auditor.collect([spec]))
+        h.close()
+        msgs = [r.message for r in srv.requests]
+    assert [s.role for s in snap.servers] == [Role.STANDBY]
+    assert len(msgs) == 2 + MAX_AUDIT_NAMES
+    assert all(not m.flags & dns.flags.RD and m.ednsflags & dns.flags.DO for m in msgs)
+    assert {dns.rdatatype.to_text(m.question[0].rdtype) for m in msgs} == {"DNSKEY", "SOA", "PTR"}
+    assert "no resolver to find the name servers with" in snap.notes
