@@ -575,3 +575,30 @@ def test_collect_asks_each_server_directly_and_boundedly(tmp_path: Path) -> None
     assert all(not m.flags & dns.flags.RD and m.ednsflags & dns.flags.DO for m in msgs)
     assert {dns.rdatatype.to_text(m.question[0].rdtype) for m in msgs} == {"DNSKEY", "SOA", "PTR"}
     assert "no resolver to find the name servers with" in snap.notes
+
+
+def test_a_ds_that_never_matched_is_no_rollover(z: SignedZone) -> None:
+    """The parent's DS points at a key the zone never published (lab zone 39): the chain is
+    broken from the start — bogus for the resolvers, not an unsafe rollover."""
+    run = Run()
+    ghost = make_key(True)
+    for t in range(int(T0), int(T0) + 1200, 600):
+        got = run.audit(t, [_server(z, t, [z.ksk, z.zsk], z.zsk)], (_ds(z, t, [ghost]),))
+        assert FindingCode.UNSAFE_ROLLOVER not in got
+
+
+def test_the_table_shows_findings_and_says_no_history_once(z: SignedZone) -> None:
+    from rich.console import Console
+
+    from probe.audit.report import render_audit
+
+    snap = ZoneSnapshot(ZONE, T0, (_server(z, T0, [z.ksk, z.zsk], z.zsk),
+                                   _server(z, T0, [z.ksk, z.standby], z.standby,
+                                           label="192.0.2.50", role=Role.STANDBY)))
+    audit, _, _ = assess(snap, [], None, POLICY)
+    out = Console(record=True, width=200)
+    render_audit(AuditReport(T0, (audit,)), out)
+    text = out.export_text()
+    assert "signer-key-mismatch" in text and "192.0.2.50" in text
+    assert text.count("no-history") == 1 and "1 zone(s) (14.in-addr.arpa.)" in text
+    assert "1 of 1 zone(s) audited: 1 info, 0 warning, 1 critical" in text

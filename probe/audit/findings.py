@@ -355,6 +355,7 @@ def _ksk_side(zone: str, clock: _Clock, active: Sequence[Served], history: Seque
     covers = _Matcher(zone)
     # One risk per DS set that was served too recently: (servers, parents, end, ttl).
     found: dict[frozenset[str], tuple[set[str], set[str], float, int]] = {}
+    ever = [v.content for vs in ksk.values() for v in vs]
     for s in active:
         if not s.ksk_signers:
             continue
@@ -362,6 +363,8 @@ def _ksk_side(zone: str, clock: _Clock, active: Sequence[Served], history: Seque
             for i, d in enumerate(vs):
                 if not _usable(d.content) or covers(d.content, s.ksk_signers):
                     continue
+                if not any(covers(d.content, c) for c in ever):
+                    continue  # a DS that never matched a signing KSK: a broken chain, no rollover
                 switched = _run_start(ksk.get(s.server, []),
                                       lambda v, ds=d.content: not covers(ds, v.content))
                 if switched is None or d.last_seen < switched - ((d.ttl or 0) + policy.margin):

@@ -9,7 +9,7 @@ from rich.text import Text
 from probe.audit.auditor import AuditReport
 from probe.audit.findings import iso
 from probe.audit.served import tags
-from probe.codes import FindingSeverity
+from probe.codes import FindingCode, FindingSeverity
 from probe.report import plain
 
 _STYLE = {FindingSeverity.CRITICAL: "bold red", FindingSeverity.WARNING: "yellow",
@@ -19,7 +19,10 @@ _ORDER = {FindingSeverity.CRITICAL: 0, FindingSeverity.WARNING: 1, FindingSeveri
 
 def render_audit(report: AuditReport, out: Console) -> None:
     """Findings worst first, then what every server serves; names from replies stay plain."""
-    found = sorted(report.findings, key=lambda f: (_ORDER[f.severity], f.zone, f.code.value))
+    every = sorted(report.findings, key=lambda f: (_ORDER[f.severity], f.zone, f.code.value))
+    # no-history is said once for all zones it concerns, not a row each (every zone on a first run)
+    found = [f for f in every if f.code is not FindingCode.NO_HISTORY]
+    young = [f.zone for f in every if f.code is FindingCode.NO_HISTORY]
     if found:
         table = Table("severity", "finding", "zone", "detail", "at risk until",
                       title="audit findings")
@@ -42,7 +45,12 @@ def render_audit(report: AuditReport, out: Console) -> None:
             servers.add_row(plain(z.zone), plain(p.server), "parent DS", "-",
                             _t(p.ds) if p.answered else "no authoritative answer", "", "")
     out.print(servers)
-    counts = {s: sum(f.severity is s for f in found) for s in FindingSeverity}
+    if young:
+        out.print(Text(f"no-history: {len(young)} zone(s) ({', '.join(young[:5])}"
+                       f"{', ...' if len(young) > 5 else ''}) have less history than their TTL + "
+                       "margin (or a long gap since the last audit): key changes before it "
+                       "cannot be judged", style="cyan"))
+    counts = {s: sum(f.severity is s for f in every) for s in FindingSeverity}
     audited = sum(z.audited for z in report.zones)
     out.print(f"{audited} of {len(report.zones)} zone(s) audited: "
               + ", ".join(f"{n} {s.value}" for s, n in counts.items()))
