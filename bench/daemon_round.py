@@ -75,8 +75,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0, help="dnsperf run length")
     args = ap.parse_args()
-    if not 1 <= args.resolvers <= 250 or not 1 <= args.names <= 2000 or args.rounds < 2:
-        ap.error("1-250 resolvers, 1-2000 names, at least 2 rounds")
+    if not 1 <= args.resolvers <= 250 or not 1 <= args.names <= 5000 or args.rounds < 2:
+        ap.error("1-250 resolvers, 1-5000 names, at least 2 rounds")
 
     from dnslab import Lab  # the test lab (PYTHONPATH=tests)
 

@@ -6,6 +6,7 @@ secure" or "parse me", and every reply that is not plainly secure goes through d
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -63,6 +64,35 @@ class QueryTemplate:
         )
 
 
+# A name in presentation form that needs no escaping or conversion: lower-case LDH labels
+# (and '_', as in SRV-style names), absolute. Anything else goes through dnspython.
+_PLAIN_NAME = re.compile(r"(?:[a-z0-9_-]{1,63}\.)+\Z")
+_TYPES = {"PTR": 12, "SOA": 6, "A": 1, "AAAA": 28, "NS": 2, "DS": 43, "DNSKEY": 48, "TXT": 16,
+          "CNAME": 5, "MX": 15, "SRV": 33}
+_FLAG_RD, _FLAG_CD = 0x0100, 0x0010
+_DO = 0x8000
+
+
+def _plain_template(qname: str, qtype: str, *, rd: bool, cd: bool, payload: int,
+                    nsid: bool) -> QueryTemplate | None:
+    """The IN-class query of make_template, built from bytes for a plain name and a common type
+    (the per-name cost of a sweep: ~100x cheaper than dnspython); None when not plain."""
+    code = _TYPES.get(qtype)
+    if code is None or len(qname) > 254 or _PLAIN_NAME.match(qname) is None:
+        return None
+    name_wire = b"".join(len(label).to_bytes(1, "big") + label
+                         for label in qname.encode("ascii").split(b".")[:-1]) + b"\x00"
+    flags = (_FLAG_RD if rd else 0) | (_FLAG_CD if cd else 0)
+    typeclass = code.to_bytes(2, "big") + b"\x00\x01"
+    rdata = b"\x00\x03\x00\x00" if nsid else b""  # NSID, empty (RFC 5001 §2.1)
+    opt = (b"\x00\x00\x29" + payload.to_bytes(2, "big") + b"\x00\x00"
+           + _DO.to_bytes(2, "big") + len(rdata).to_bytes(2, "big") + rdata)
+    header = b"\x00\x00" + flags.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x00\x00\x01"
+    return QueryTemplate(qname=qname, qtype=qtype, rd=rd, cd=cd,
+                         wire=header + name_wire + typeclass + opt,
+                         qname_wire_lower=name_wire, typeclass=typeclass)
+
+
 def make_template(
     qname: str, qtype: str, *, rd: bool = True, cd: bool = False, payload: int = EDNS_PAYLOAD,
     nsid: bool = False, rdclass: str = "IN", dnssec: bool = True,
@@ -70,6 +100,20 @@ def make_template(
     """Build an EDNS0 query with DO=1 (RFC 4035 §3.2.1; `dnssec=False`: DO=0) and the given
     RD/CD bits; `nsid`: also ask which server instance answers (an empty NSID option, RFC 5001
     §2.1)."""
+    if rdclass == "IN" and dnssec:
+        fast = _plain_template(qname, qtype, rd=rd, cd=cd, payload=payload, nsid=nsid)
+        if fast is not None:
+            return fast
+    return dnspython_template(qname, qtype, rd=rd, cd=cd, payload=payload, nsid=nsid,
+                              rdclass=rdclass, dnssec=dnssec)
+
+
+def dnspython_template(
+    qname: str, qtype: str, *, rd: bool = True, cd: bool = False, payload: int = EDNS_PAYLOAD,
+    nsid: bool = False, rdclass: str = "IN", dnssec: bool = True,
+) -> QueryTemplate:
+    """make_template through dnspython: any name, type and class (and the reference the fast
+    path is tested against)."""
     options: list[dns.edns.Option] = [dns.edns.NSIDOption(b"")] if nsid else []
     q = dns.message.make_query(
         qname, qtype, rdclass=rdclass, use_edns=0, want_dnssec=dnssec, payload=payload,

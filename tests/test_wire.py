@@ -393,3 +393,22 @@ def test_parse_reply_raises_on_truncated_real_reply() -> None:
     for cut in range(13, len(wire) - 1, 7):
         with pytest.raises(dns.exception.DNSException):
             parse_reply(wire[:cut])
+
+
+@pytest.mark.parametrize("qname", [
+    "1.0.0.14.in-addr.arpa.", "14.in-addr.arpa.", "_dmarc.example.", "a-b.c_d.", "x.",
+    "b.a.9.8.7.6.5.4.3.2.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.2.ip6.arpa.",
+    ("a" * 63 + ".") * 3 + "b" * 61 + ".",  # 255 octets on the wire: the longest name
+    # not plain: dnspython builds these (escapes, upper case, the root, non-LDH octets)
+    "Mixed.Case.example.", "a\\.b.example.", "\\255.example.", ".", "sp\\032ace.example.",
+])
+@pytest.mark.parametrize("qtype", ["PTR", "SOA", "DNSKEY", "DS", "AAAA", "TYPE65280", "NAPTR"])
+def test_built_templates_equal_dnspython(qname: str, qtype: str) -> None:
+    """The byte-built fast path must be the same query dnspython builds, field for field."""
+    from probe.wire import dnspython_template
+
+    for rd, cd, nsid in [(True, False, True), (False, True, False), (False, False, True)]:
+        fast = make_template(qname, qtype, rd=rd, cd=cd, nsid=nsid)
+        ref = dnspython_template(qname, qtype, rd=rd, cd=cd, nsid=nsid)
+        assert (fast.wire, fast.qname, fast.qtype, fast.qname_wire_lower, fast.typeclass) == (
+            ref.wire, ref.qname, ref.qtype, ref.qname_wire_lower, ref.typeclass), (rd, cd, nsid)

@@ -99,7 +99,7 @@ CHILDREN: tuple[ChildSpec, ...] = (
     # KSK and parent DS swapped at once (`Lab.ksk_swap`), as 61.
     ChildSpec("112.in-addr.arpa.", 4, 2, _v4("112", 2), ds_ttl=20, standby_ksk=True),
     ChildSpec(
-        "101.in-addr.arpa.", 86400, 86400, tuple(f"101.0.{m}.{n}" for m in range(8) for n in range(250))
+        "101.in-addr.arpa.", 86400, 86400, tuple(f"101.0.{m}.{n}" for m in range(20) for n in range(250))
     ),
 )
 
