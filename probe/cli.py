@@ -12,7 +12,7 @@ import traceback
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -27,11 +27,11 @@ from probe.engine import CheckResult, Engine, EngineConfig
 from probe.errors import ConfigError
 from probe.report import (
     EXIT_UNKNOWN,
+    JsonStream,
     exit_status,
     plain,
     render_table,
     render_view,
-    to_json,
     visible,
 )
 from probe.resolvers import (
@@ -170,6 +170,9 @@ def cli() -> None:
 @click.option("--retries", type=int, default=2, show_default=True)
 @click.option("--inflight", type=int, default=256, show_default=True,
               help="Queries in flight in total.")
+@click.option("--per-resolver", type=click.IntRange(0), default=0, show_default=True,
+              help="Checks in flight per resolver; 0 = a share of --inflight, capped by what "
+                   "--qps can keep busy (at least 8).")
 @click.option("--no-diagnose", is_flag=True, help="Skip the follow-up questions on failures.")
 @click.option("--full-parse", is_flag=True, help="Parse every reply, even plainly secure ones.")
 @click.option("--allow-local-auth", is_flag=True,
@@ -188,7 +191,7 @@ def cli() -> None:
 def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[str, ...],
           resolver_files: tuple[str, ...], with_defaults: bool, ipv4: bool, ipv6: bool,
           as_json: bool, raw: bool, qps: float, timeout: float, retries: int, inflight: int,
-          no_diagnose: bool, full_parse: bool, allow_local_auth: bool,
+          per_resolver: int, no_diagnose: bool, full_parse: bool, allow_local_auth: bool,
           control_bogus: str | None, control_secure: str | None, clock_skew: float,
           show_all: bool) -> None:
     """Check ZONES (default: every zone in zones.txt) against every resolver, once."""
@@ -201,15 +204,17 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
     zone_specs = _zones(zones_file, zones)
     resolvers = _resolvers(resolver_specs, resolver_files, with_defaults, family)
     config = EngineConfig(qps=qps, timeout=timeout, retries=retries, max_inflight=inflight,
-                          diagnose=not no_diagnose, full_parse=full_parse,
+                          per_resolver=per_resolver, diagnose=not no_diagnose, full_parse=full_parse,
                           allow_local_auth=allow_local_auth, control_bogus=control_bogus,
                           control_secure=control_secure, clock_skew=clock_skew)
     engine = Engine(config)
     err = Console(stderr=True)
-    collected: list[CheckResult] = []
     total = sum(len(z.probes) for z in zone_specs) * len(resolvers)
-    interrupted = False
     _run_loop()
+    if as_json:
+        _check_json(engine, zone_specs, resolvers, raw=raw, total=total)
+    collected: list[CheckResult] = []
+    interrupted = False
     with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True,
                   disable=not show_progress(err, as_json=as_json)) as bar:
@@ -229,16 +234,12 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
             results, interrupted, failure = collected, True, exc
     # Resolvers that answered the bogus control (or were seen not validating) in this sweep.
     not_validating = dict(engine.not_validating)
-    if as_json:
-        click.echo(to_json(results, raw=raw, interrupted=interrupted,
-                           not_validating=not_validating))
+    # Piped output (logs, mail) gets a wide table instead of rich's 80-column default.
+    out = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
+    if show_all:
+        render_table(results, out)
     else:
-        # Piped output (logs, mail) gets a wide table instead of rich's 80-column default.
-        out = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
-        if show_all:
-            render_table(results, out)
-        else:
-            render_view(results, out, not_validating=not_validating)
+        render_view(results, out, not_validating=not_validating)
     if failure is not None:
         click.echo(f"dnssec-probe: internal error: {failure.__class__.__name__}: "
                    f"{visible(str(failure))}", err=True)
@@ -246,6 +247,32 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
     if interrupted:
         click.echo(f"interrupted: {len(results)} of {total} checks done", err=True)
     sys.exit(EXIT_UNKNOWN if interrupted else exit_status(results))
+
+
+def _check_json(engine: Engine, zones: Sequence[ZoneSpec], resolvers: Sequence[ResolverSpec],
+                *, raw: bool, total: int) -> NoReturn:
+    """`check --json`: each result written as it is decided (constant memory at any size),
+    then the summary; exits with the monitoring-plugin status."""
+    stream = JsonStream(sys.stdout, raw=raw)
+    failure: BaseException | None = None
+    try:
+        asyncio.run(engine.sweep(zones, resolvers, progress=stream.add, keep=False))
+        interrupted = False
+    except KeyboardInterrupt:
+        interrupted = True
+    except Exception as exc:  # a bug must not lose what was already collected
+        interrupted, failure = True, exc
+    if interrupted:
+        for r in engine.held:  # decided, only waiting for the not-validating relabel
+            stream.add(r)
+    stream.finish(interrupted=interrupted, not_validating=engine.not_validating)
+    if failure is not None:
+        click.echo(f"dnssec-probe: internal error: {failure.__class__.__name__}: "
+                   f"{visible(str(failure))}", err=True)
+        traceback.print_exception(failure, file=sys.stderr)
+    if interrupted:
+        click.echo(f"interrupted: {sum(stream.counts.values())} of {total} checks done", err=True)
+    sys.exit(EXIT_UNKNOWN if interrupted else stream.exit_status)
 
 
 def _config_options(f: Callable[..., None]) -> Callable[..., None]:

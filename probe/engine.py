@@ -7,6 +7,7 @@ dead or slow resolver only slows its own lane. A global semaphore bounds queries
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -47,7 +48,9 @@ class EngineConfig:
 
     qps: float = 20.0  # per resolver; 0 = unlimited (lab and benchmarks only)
     max_inflight: int = 256  # queries in flight across all resolvers
-    per_resolver: int = 8  # concurrent checks per resolver
+    # Concurrent checks per resolver; 0 = follow the in-flight budget and the rate limit
+    # (workers_per_resolver).
+    per_resolver: int = 0
     timeout: float = 2.0  # per attempt, seconds
     retries: int = 2  # extra attempts after a timeout
     dead_after: int = 6  # consecutive timeouts before a lane stops sending
@@ -68,7 +71,7 @@ class EngineConfig:
         checks: list[tuple[bool, str]] = [
             (self.qps >= 0, "qps must be >= 0"),
             (self.max_inflight >= 1, "max_inflight must be >= 1"),
-            (self.per_resolver >= 1, "per_resolver must be >= 1"),
+            (self.per_resolver >= 0, "per_resolver must be >= 0 (0 = automatic)"),
             (0 < self.timeout <= 60, "timeout must be in (0, 60] seconds"),
             (0 <= self.retries <= 10, "retries must be in [0, 10]"),
             (self.dead_after >= 1, "dead_after must be >= 1"),
@@ -82,6 +85,17 @@ class EngineConfig:
                            ("control_secure", self.control_secure)):
             if text is not None:
                 parse_control(text, what=what)  # raises ConfigError
+
+    def workers_per_resolver(self, resolvers: int) -> int:
+        """Checks in flight per resolver: as set, else a fair share of the in-flight budget
+        (so --inflight counts with few resolvers), but never more than a rate-limited lane
+        can keep busy (qps x the timeout: more would only wait in the throttle), at least 8."""
+        if self.per_resolver:
+            return self.per_resolver
+        share = max(1, self.max_inflight // max(1, resolvers))
+        if self.qps > 0:
+            share = min(share, max(1, math.ceil(self.qps * self.timeout)))
+        return max(min(8, self.max_inflight), share)
 
     def controls_for(self, r: ResolverSpec) -> tuple[Control | None, Control | None]:
         """(bogus, secure) controls for one resolver: configured, else built-in defaults for
@@ -184,6 +198,8 @@ class Engine:
         self.controls: dict[tuple[str, str, int], tuple[ControlVerdict, float]] = {}
         # Resolvers found not validating (from controls or this sweep): name -> detail.
         self.not_validating: dict[str, str] = {}
+        # keep=False: the no-ad rows of the sweep in progress, passed on at its end.
+        self.held: list[CheckResult] = []
 
     async def sweep(
         self,
@@ -191,7 +207,22 @@ class Engine:
         resolvers: Sequence[ResolverSpec],
         *,
         progress: Progress | None = None,
+        keep: bool = True,
     ) -> list[CheckResult]:
+        """Every check; `progress` sees each result as it is decided. With keep=False nothing
+        is kept and [] is returned: results reach `progress` only, in the order they are
+        decided (streaming output, bounded memory); a `no-ad` row waits for the end of the
+        sweep, where it may become `not-validating`."""
+        if not keep:
+            return await self._stream(zones, resolvers, progress)
+        lanes = await self._sweep(zones, resolvers, progress, keep=True)
+        # Zone order first (as in zones.txt), then resolver order.
+        n = sum(len(z.probes) for z in zones)
+        rows = [lanes[ri][ci] for ci in range(n) for ri in range(len(resolvers))]
+        return self._mark_not_validating(rows, resolvers)
+
+    async def _sweep(self, zones: Sequence[ZoneSpec], resolvers: Sequence[ResolverSpec],
+                     progress: Progress | None, *, keep: bool) -> list[list[CheckResult]]:
         cfg = self.config
         transport = Transport(timeout=cfg.timeout)
         querier = Querier(transport, retries=cfg.retries, clock=self.clock,
@@ -205,11 +236,12 @@ class Engine:
         # (and rebuild) its own templates every round; names learnt from replies stay bounded.
         self.templates.maxsize = max(self.templates.maxsize, 2 * len(checks) + 1024)
         templates = {(p.qname, p.qtype): self.templates.get(p.qname, p.qtype) for _, p in checks}
+        workers = self.config.workers_per_resolver(len(resolvers))
         try:
             lanes, _ = await asyncio.gather(
                 asyncio.gather(*(
                     self._lane(r, checks, templates, throttles[r.name], querier, investigator,
-                               progress)
+                               progress, keep=keep, workers=workers)
                     for r in resolvers
                 )),
                 asyncio.gather(*(self._ask_controls(r, querier, throttles[r.name])
@@ -217,10 +249,33 @@ class Engine:
             )
         finally:
             transport.close()
-        # Zone order first (as in zones.txt), then resolver order.
-        n = len(checks)
-        rows = [lanes[ri][ci] for ci in range(n) for ri in range(len(resolvers))]
-        return self._mark_not_validating(rows, resolvers)
+        return list(lanes)
+
+    async def _stream(self, zones: Sequence[ZoneSpec], resolvers: Sequence[ResolverSpec],
+                      progress: Progress | None) -> list[CheckResult]:
+        held = self.held = []  # visible, so an interrupted caller can still write them
+        # What inference needs of the rows already passed on: one AD=1 row per question, and
+        # one per resolver that validated anything (infer_not_validating's two uses).
+        first_by_question: dict[tuple[str, str], Answered] = {}
+        first_by_resolver: dict[str, Answered] = {}
+
+        def route(r: CheckResult) -> None:
+            if r.classification.reason == "no-ad":
+                held.append(r)
+                return
+            if r.classification.verdict is Verdict.SECURE and r.observation.ad:
+                a = Answered(r.resolver.name, r.probe.qname, r.probe.qtype, True, False)
+                first_by_question.setdefault((a.qname, a.qtype), a)
+                first_by_resolver.setdefault(a.resolver, a)
+            if progress is not None:
+                progress(r)
+
+        await self._sweep(zones, resolvers, route, keep=False)
+        seen = [*first_by_question.values(), *first_by_resolver.values()]
+        for r in self._mark_not_validating(held, resolvers, also=seen):
+            if progress is not None:
+                progress(r)
+        return []
 
     async def _ask_controls(self, r: ResolverSpec, querier: Querier,
                             throttle: Throttle | None) -> None:
@@ -252,8 +307,8 @@ class Engine:
             return  # a timeout on a re-check keeps the last decided verdict
         self.controls[key] = (verdict, self.clock())
 
-    def _mark_not_validating(self, rows: list[CheckResult],
-                             resolvers: Sequence[ResolverSpec]) -> list[CheckResult]:
+    def _mark_not_validating(self, rows: list[CheckResult], resolvers: Sequence[ResolverSpec],
+                             *, also: Sequence[Answered] = ()) -> list[CheckResult]:
         """no-ad rows of a resolver that does not validate say `not-validating` instead."""
         found: dict[str, str] = {}
         uncontrolled: set[str] = set()
@@ -264,11 +319,10 @@ class Engine:
             elif self.config.controls_for(r) == (None, None):
                 uncontrolled.add(r.name)
         # Without controls, use what the sweep proved: AD=0 where another resolver had AD=1.
-        inferred = infer_not_validating(
+        inferred = infer_not_validating([*also, *(
             Answered(x.resolver.name, x.probe.qname, x.probe.qtype,
                      x.classification.verdict is Verdict.SECURE and x.observation.ad,
-                     x.classification.reason == "no-ad")
-            for x in rows)
+                     x.classification.reason == "no-ad") for x in rows)])
         found.update({k: v for k, v in inferred.items() if k in uncontrolled})
         self.not_validating = found
         if not found:
@@ -287,9 +341,12 @@ class Engine:
         querier: Querier,
         investigator: Investigator,
         progress: Progress | None,
+        *,
+        keep: bool = True,
+        workers: int = 8,
     ) -> list[CheckResult]:
         cfg = self.config
-        results: list[CheckResult | None] = [None] * len(checks)
+        results: list[CheckResult | None] = [None] * (len(checks) if keep else 0)
         lane = _Lane()
         unsendable: tuple[Outcome, str] | None = None
         try:
@@ -330,9 +387,10 @@ class Engine:
                                                   clock_skew=cfg.clock_skew)
                     cls = classify(obs, cd_answer=evidence.cd_answer, diagnosis=diag)
                 res = CheckResult(r, zone, probe, obs, cls, evidence, diag)
-                results[i] = res
+                if keep:
+                    results[i] = res
                 if progress:
                     progress(res)
 
-        await asyncio.gather(*(worker() for _ in range(min(cfg.per_resolver, len(checks)))))
+        await asyncio.gather(*(worker() for _ in range(min(workers, len(checks)))))
         return [x for x in results if x is not None]

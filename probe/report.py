@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -55,7 +55,10 @@ def plain(text: str, style: str = "") -> Text:
 
 def exit_status(results: Sequence[CheckResult]) -> int:
     """Monitoring-plugin convention: 0 OK, 1 warning, 2 critical, 3 nothing could be checked."""
-    sev = {r.severity for r in results}
+    return _status({r.severity for r in results})
+
+
+def _status(sev: set[Severity]) -> int:
     if Severity.CRITICAL in sev:
         return EXIT_CRITICAL
     if Severity.WARNING in sev:
@@ -368,16 +371,37 @@ def render_view(results: Sequence[CheckResult], console: Console, *,
     console.print(Text(summary(results)))
 
 
-def to_json(results: Sequence[CheckResult], *, raw: bool = False,
-            interrupted: bool = False,
-            not_validating: Mapping[str, str] | None = None) -> str:
-    doc: dict[str, Any] = {
-        "results": [r.to_json(raw=raw) for r in results],
-        "summary": dict(Counter(r.classification.verdict.value for r in results)),
-        "exit_status": exit_status(results),
-    }
-    if interrupted:
-        doc["interrupted"] = True
-    if not_validating:  # an addition: resolvers that answered a name that must fail
-        doc["not_validating"] = dict(not_validating)
-    return json.dumps(doc, indent=2)
+class JsonStream:
+    """The `check --json` document written as results are decided: `{"results": [` first, one
+    result per line, then summary, exit_status (and interrupted, not_validating) — the same
+    keys as to_json, in constant memory. Results come in the order they were decided."""
+
+    def __init__(self, out: TextIO, *, raw: bool = False) -> None:
+        self.out = out
+        self.raw = raw
+        self.counts: Counter[str] = Counter()
+        self.severities: set[Severity] = set()
+        out.write('{"results": [')
+
+    def add(self, r: CheckResult) -> None:
+        self.out.write(("\n  " if not self.counts else ",\n  ")
+                       + json.dumps(r.to_json(raw=self.raw)))
+        self.counts[r.classification.verdict.value] += 1
+        self.severities.add(r.severity)
+
+    @property
+    def exit_status(self) -> int:
+        return _status(self.severities)
+
+    def finish(self, *, interrupted: bool = False,
+               not_validating: Mapping[str, str] | None = None) -> int:
+        tail: dict[str, Any] = {"summary": dict(self.counts), "exit_status": self.exit_status}
+        if interrupted:
+            tail["interrupted"] = True
+        if not_validating:
+            tail["not_validating"] = dict(not_validating)
+        rest = json.dumps(tail)[1:]  # the tail's members, after the results array
+        self.out.write(("\n]," if self.counts else "],") + (" " + rest if rest != "}" else "}")
+                       + "\n")
+        self.out.flush()
+        return self.exit_status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,24 @@ def probe_type(text: str) -> dns.rdatatype.RdataType:
     return rdtype
 
 
+_PLAIN_RELATIVE = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}\Z")
+_PLAIN_ABSOLUTE = re.compile(r"(?:[a-z0-9_-]{1,63}\.)+\Z")
+
+
+def _plain_qname(text: str, zone: str) -> str | None:
+    """The absolute lower-case name of a plain LDH `text` inside `zone` (presentation form,
+    which is what dnspython gives for such names), without dnspython's per-name cost; None
+    for anything else (escapes, '@', names outside the zone, too long): the slow path judges."""
+    t = text.lower()
+    if _PLAIN_RELATIVE.match(t):
+        q = f"{t}.{zone}"
+    elif _PLAIN_ABSOLUTE.match(t) and (t == zone or t.endswith("." + zone)):
+        q = t
+    else:
+        return None
+    return q if len(q) <= 254 else None
+
+
 def _absolute(text: str) -> dns.name.Name:
     return dns.name.from_text(text)
 
@@ -89,6 +108,7 @@ def zone_from_tokens(
     zone_text = zone.to_text().lower()
 
     probes: list[ProbeName] = []
+    types: dict[str, str] = {}  # type text as written -> its mnemonic, checked once per line
     expect = Verdict.SECURE
     servers: dict[str, list[tuple[str, int]]] = {"ns": [], "primary": [], "standby": []}
     label = ""
@@ -113,17 +133,23 @@ def zone_from_tokens(
                 label = value
             continue
         name_text, _, type_text = tok.partition("/")
-        try:
-            rdtype = probe_type(type_text or "PTR")
-        except ValueError as exc:
-            raise fail(f"{tok!r}: {exc}") from None
-        try:
-            qname = zone if name_text == "@" else dns.name.from_text(name_text, origin=zone)
-        except (dns.exception.DNSException, ValueError) as exc:
-            raise fail(f"{tok!r}: not a valid name ({exc.__class__.__name__})") from None
-        if not qname.is_subdomain(zone):
-            raise fail(f"{tok!r}: {qname} is not inside zone {zone_text}")
-        probes.append(ProbeName(qname.to_text().lower(), dns.rdatatype.to_text(rdtype)))
+        type_text = type_text or "PTR"
+        qtype = types.get(type_text)
+        if qtype is None:
+            try:
+                qtype = types[type_text] = dns.rdatatype.to_text(probe_type(type_text))
+            except ValueError as exc:
+                raise fail(f"{tok!r}: {exc}") from None
+        qname_text = _plain_qname(name_text, zone_text)
+        if qname_text is None:
+            try:
+                qname = zone if name_text == "@" else dns.name.from_text(name_text, origin=zone)
+            except (dns.exception.DNSException, ValueError) as exc:
+                raise fail(f"{tok!r}: not a valid name ({exc.__class__.__name__})") from None
+            if not qname.is_subdomain(zone):
+                raise fail(f"{tok!r}: {qname} is not inside zone {zone_text}")
+            qname_text = qname.to_text().lower()
+        probes.append(ProbeName(qname_text, qtype))
 
     if not probes:
         # The apex SOA always exists, so aggressive NSEC use cannot answer it from old denials.

@@ -237,13 +237,14 @@ class FakeEngine:
     def __init__(self, config: EngineConfig) -> None:
         FakeEngine.configs.append(config)
         self.not_validating = FakeEngine.planned_not_validating
+        self.held: list[CheckResult] = []
 
-    async def sweep(self, zones: Any, resolvers: Any, *, progress: Any = None
-                    ) -> list[CheckResult]:
+    async def sweep(self, zones: Any, resolvers: Any, *, progress: Any = None,
+                    keep: bool = True) -> list[CheckResult]:
         for r in FakeEngine.results:
             if progress:
                 progress(r)
-        return list(FakeEngine.results)
+        return list(FakeEngine.results) if keep else []
 
 
 @pytest.fixture
@@ -371,3 +372,29 @@ def test_run_takes_the_control_and_skew_flags(capsys: pytest.CaptureFixture[str]
     doc = json.loads(capsys.readouterr().out)
     assert (doc["control_bogus"], doc["control_secure"], doc["clock_skew"]) == (
         "dnssec-failed.org/A", "example.org", 120.0)
+
+
+def test_json_stream_is_one_document_whatever_is_written() -> None:
+    from probe.report import JsonStream
+
+    for n, extra in ((0, {}), (3, {"interrupted": True}), (2, {"not_validating": {"x": "y"}})):
+        buf = io.StringIO()
+        s = JsonStream(buf)
+        for r in sweep()[:n]:
+            s.add(r)
+        status = s.finish(interrupted=bool(extra.get("interrupted")),
+                          not_validating=extra.get("not_validating"))
+        doc = json.loads(buf.getvalue())
+        assert len(doc["results"]) == n and sum(doc["summary"].values()) == n
+        assert doc["exit_status"] == status == (3 if n == 0 else status)
+        assert {k: doc[k] for k in extra} == extra
+        assert buf.getvalue().count("\n") == (n + 2 if n else 1)  # one result per line
+
+
+def test_workers_per_resolver_follow_inflight_and_rate() -> None:
+    assert EngineConfig(max_inflight=1024, qps=0).workers_per_resolver(1) == 1024
+    assert EngineConfig(max_inflight=256, qps=0).workers_per_resolver(100) == 8
+    assert EngineConfig(max_inflight=256, qps=20, timeout=2).workers_per_resolver(4) == 40
+    assert EngineConfig(max_inflight=256, qps=1, timeout=2).workers_per_resolver(1) == 8
+    assert EngineConfig(max_inflight=4, qps=0).workers_per_resolver(1) == 4
+    assert EngineConfig(per_resolver=3).workers_per_resolver(1) == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dns.flags
 import dns.rcode
 import pytest
@@ -10,7 +12,7 @@ from fakedns import HOST, FakeDNS, Request, default_answer, make_reply
 from probe.classify import severity
 from probe.codes import Severity, Verdict
 from probe.controls import Answered, Control, infer_not_validating, judge_controls, parse_control
-from probe.engine import Engine, EngineConfig
+from probe.engine import CheckResult, Engine, EngineConfig
 from probe.errors import ConfigError
 from probe.observation import FLAG_AD, FLAG_QR, FLAG_RA, FLAG_RD, Observation, Outcome, RRsetObs
 from probe.resolvers import DEFAULT_RESOLVERS, ResolverSpec
@@ -118,7 +120,19 @@ def asked(server: FakeDNS, qname: str) -> int:
     return sum(1 for r in server.requests if r.message.question[0].name.to_text() == qname)
 
 
-async def test_controls_mark_only_the_non_validating_resolver() -> None:
+async def _sweep(engine: Engine, zones: Any, resolvers: list[ResolverSpec], keep: bool
+                 ) -> list[CheckResult]:
+    """engine.sweep as `check` (kept, ordered) or as `check --json` streams it (keep=False:
+    each result passed on as decided); the same verdicts either way."""
+    if keep:
+        return await engine.sweep(zones, resolvers)
+    got: list[CheckResult] = []
+    assert await engine.sweep(zones, resolvers, progress=got.append, keep=False) == []
+    return got
+
+
+@pytest.mark.parametrize("keep", [True, False])
+async def test_controls_mark_only_the_non_validating_resolver(keep: bool) -> None:
     cfg = EngineConfig(qps=0, timeout=0.5, retries=0, diagnose=False,
                        control_bogus=f"{BOGUS}/A", control_secure=f"{SECURE}/A")
     engine = Engine(cfg)
@@ -126,7 +140,7 @@ async def test_controls_mark_only_the_non_validating_resolver() -> None:
             FakeDNS(insecure_everywhere) as i:
         resolvers = [ResolverSpec("v", HOST, v.port), ResolverSpec("n", HOST, n.port),
                      ResolverSpec("i", HOST, i.port)]
-        results = await engine.sweep(ZONES, resolvers)
+        results = await _sweep(engine, ZONES, resolvers, keep)
         again = await engine.sweep(ZONES, resolvers)
         # Once per Engine: the second sweep asked no control again.
         assert [asked(s, BOGUS) for s in (v, n, i)] == [1, 1, 1]
@@ -138,7 +152,8 @@ async def test_controls_mark_only_the_non_validating_resolver() -> None:
                        ("i", Verdict.INSECURE, "no-ad")}
     assert set(engine.not_validating) == {"n"}
     assert "bogus control" in engine.not_validating["n"]
-    assert [r.classification for r in again] == [r.classification for r in results]
+    assert sorted(map(str, (r.classification for r in again))) == sorted(
+        map(str, (r.classification for r in results)))
     row = next(r for r in results if r.resolver.name == "n")
     assert row.severity is Severity.WARNING
     assert severity(Verdict.INSECURE, Verdict.SECURE, "not-validating") is Severity.WARNING
@@ -165,12 +180,15 @@ async def test_undecided_controls_are_asked_again_next_sweep() -> None:
     assert {x.classification.reason for x in second} == {"not-validating"}
 
 
-async def test_without_controls_the_sweep_itself_proves_it() -> None:
+@pytest.mark.parametrize("keep", [True, False])
+async def test_without_controls_the_sweep_itself_proves_it(keep: bool) -> None:
     cfg = EngineConfig(qps=0, timeout=0.5, retries=0, diagnose=False)
     engine = Engine(cfg)
     with FakeDNS(validator) as v, FakeDNS(non_validator) as n:
-        results = await engine.sweep(
-            ZONES, [ResolverSpec("v", HOST, v.port), ResolverSpec("n", HOST, n.port)])
+        results = await _sweep(
+            engine, ZONES, [ResolverSpec("v", HOST, v.port), ResolverSpec("n", HOST, n.port)],
+            keep)
+        assert len(results) == 2 * sum(len(z.probes) for z in ZONES)
         # No control configured for lab resolvers: nothing beyond the zones was asked.
         assert asked(v, BOGUS) == asked(n, BOGUS) == 0
     by = {(r.resolver.name, r.classification.reason) for r in results}

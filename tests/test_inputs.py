@@ -148,3 +148,28 @@ def test_files_split_on_newline_only(tmp_path: Path) -> None:
     a, b = load_zones(p)
     assert (a.source, b.source) == (f"{p}:1", f"{p}:3")
     assert a.name == "1.in-addr.arpa." and b.label == "a"
+
+
+@pytest.mark.parametrize("tokens", [
+    ["14.in-addr.arpa", "1.0.0", "2.0.0/PTR", "@/SOA", "3.0.0.14.in-addr.arpa.", "A.B/aaaa",
+     "_x.y/TXT", "4.0.0/TYPE65280"],
+    ["101.in-addr.arpa.", *(f"{n}.{m}.0" for m in range(3) for n in range(5))],
+    ["3.0.1.0.0.2.ip6.arpa", "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0"],
+    ["14.in-addr.arpa", "a\\.b", "\\065.x", "Upper.Case.14.in-addr.arpa."],
+])
+def test_plain_names_parse_as_dnspython_would(tokens: list[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path for plain names gives exactly what the dnspython path gives."""
+    import probe.zones
+
+    fast = probe.zones.zone_from_tokens(tokens)
+    monkeypatch.setattr(probe.zones, "_plain_qname", lambda text, zone: None)
+    assert probe.zones.zone_from_tokens(tokens) == fast
+
+
+@pytest.mark.parametrize("token", ["9.9.15.in-addr.arpa.", "x" * 64, ("a" * 60 + ".") * 5])
+def test_plain_names_are_still_checked(token: str) -> None:
+    from probe.zones import zone_from_tokens
+
+    with pytest.raises(ConfigError):
+        zone_from_tokens(["14.in-addr.arpa", token], path="z", line=1)

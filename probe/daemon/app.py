@@ -76,7 +76,8 @@ async def serve(cfg: DaemonConfig, zones: Sequence[ZoneSpec],
     vantage = cfg.effective_vantage
     alerter = Alerter(channels, store, astats, vantage=vantage)
     engine = Engine(EngineConfig(qps=cfg.qps, timeout=cfg.timeout, retries=cfg.retries,
-                                 max_inflight=cfg.inflight, allow_local_auth=cfg.allow_local_auth,
+                                 max_inflight=cfg.inflight, per_resolver=cfg.per_resolver,
+                                 allow_local_auth=cfg.allow_local_auth,
                                  control_bogus=cfg.control_bogus or None,
                                  control_secure=cfg.control_secure or None,
                                  clock_skew=cfg.clock_skew))

@@ -115,6 +115,9 @@ class DaemonConfig:
     retries: int = _key(2, "extra attempts after a timeout",
                         lambda v: None if 0 <= v <= 10 else "an integer from 0 to 10")
     inflight: int = _key(256, "queries in flight in total", _at_least_one)
+    per_resolver: int = _key(0, "checks in flight per resolver; 0 = a share of inflight, "
+                             "capped by what qps can keep busy (at least 8)",
+                             lambda v: None if v >= 0 else "an integer >= 0 (0 = automatic)")
     allow_local_auth: bool = _key(False, "let the diagnosis ask name servers at non-public "
                                   "addresses found through NS lookups (labs)")
     control_bogus: str = _key("", "NAME[/TYPE] that must fail validation, asked once per "
