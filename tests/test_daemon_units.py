@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -23,7 +24,7 @@ from probe.incidents import BogusView, EventKind, IncidentEvent, IncidentPolicy,
 from probe.observation import EdeObs, Observation, Outcome
 from probe.points import (
     RoundInfo,
-    check_points,
+    check_lines,
     check_times,
     incident_points,
     resolver_verdicts,
@@ -104,7 +105,7 @@ RND = RoundInfo(7, "lab host", 1700000000.0, 2.5, overrun=False)
 
 
 def test_check_points_schema_and_distinct_timestamps() -> None:
-    lines = to_lines(check_points(round_results(), RND))
+    lines = check_lines(round_results(), RND)
     assert len(lines) == 6
     first, second = lines[0], lines[1]
     assert first.startswith("dnssec_check,diagnosis=stale-dnskey-cache,qtype=PTR,reason=x,"
@@ -168,10 +169,57 @@ def test_incident_and_round_points() -> None:
     assert "checks=6i" in rline and "overrun=false" in rline and "duration_s=2.5" in rline
 
 
+def _reference_check_lines(results: list[CheckResult], rnd: RoundInfo) -> list[str]:
+    """dnssec_check through influxdb-client's Point, as the daemon wrote it before
+    check_lines: the text the fast writer must match byte for byte."""
+    from influxdb_client.client.write.point import Point
+    from influxdb_client.domain.write_precision import WritePrecision
+
+    out = []
+    for r, t in zip(results, check_times(results), strict=True):
+        o, d = r.observation, r.diagnosis
+        p = (Point("dnssec_check").tag("vantage", rnd.vantage).tag("resolver", r.resolver.name)
+             .tag("zone", r.zone.name).tag("qtype", r.probe.qtype)
+             .tag("verdict", r.classification.verdict.value)
+             .tag("diagnosis", d.kind.value if d else "none")
+             .tag("reason", r.classification.reason).field("qname", r.probe.qname)
+             .field("ede", o.ede[0].code if o.ede else -1).field("round", rnd.number)
+             .time(t, WritePrecision.NS))
+        if o.rtt_ms is not None:
+            p.field("rtt_ms", float(o.rtt_ms))
+        if o.rcode is not None:
+            p.field("rcode", int(o.rcode)).field("ad", o.ad)
+        if d is not None:
+            for k, v in (("cached_dnskey_ttl", d.cached_dnskey_ttl),
+                         ("recovers_in_s", d.recovers_in_s), ("cached_ds_ttl", d.cached_ds_ttl)):
+                if v is not None:
+                    p.field(k, int(v))
+            if d.zone is not None:
+                p.field("diagnosis_zone", d.zone)
+        if o.nsid is not None:
+            p.field("nsid", o.nsid)
+        out.append(p.to_line_protocol())
+    return out
+
+
+def test_check_lines_equal_influxdb_client_lines() -> None:
+    """The direct writer against the library, on ordinary and awkward values: spaces, commas,
+    equals signs, quotes, backslashes and newlines in tags and string fields."""
+    odd_res = ResolverSpec('a b,c=d\\', "127.0.0.1")
+    odd_probe = ProbeName('x"y\\z.14.in-addr.arpa.', "PTR")
+    odd = result(odd_res, odd_probe, Verdict.BOGUS, diag=dataclasses.replace(
+        STALE, zone="63.in-addr.arpa.", cached_ds_ttl=5, recovers_in_s=None))
+    odd = dataclasses.replace(odd, observation=dataclasses.replace(
+        odd.observation, nsid='inst "1"\\\n', rtt_ms=2.0))
+    results = [*round_results(), odd]
+    for rnd in (RND, RoundInfo(8, "v,=\\", 1.0, 1.0, False), RoundInfo(9, "", 1.0, 1.0, False)):
+        assert check_lines(results, rnd) == _reference_check_lines(results, rnd)
+
+
 def test_free_text_never_becomes_a_tag() -> None:
     event = IncidentEvent(EventKind.OPEN, step({}, zone_rounds(resolver_verdicts(
         round_results())), now=1.0, policy=IncidentPolicy())[0][ZONE.name], 1.0)
-    lines = to_lines([*check_points(round_results(), RND), *incident_points([event], RND)])
+    lines = [*check_lines(round_results(), RND), *to_lines(incident_points([event], RND))]
     for line in lines:
         tagset = line.split(" ", 1)[0]
         keys = {kv.split("=", 1)[0] for kv in tagset.split(",")[1:]}

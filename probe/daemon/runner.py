@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from influxdb_client.client.write.point import Point
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -40,7 +41,7 @@ from probe.incidents import (
 )
 from probe.points import (
     RoundInfo,
-    check_points,
+    check_lines,
     finding_points,
     incident_points,
     resolver_verdicts,
@@ -218,7 +219,8 @@ class Monitor:
         rnd = RoundInfo(number, self.vantage, started, end - started, overrun=end > deadline,
                         partial=partial)
         worst = resolver_verdicts(results)
-        points = check_points(results, rnd)
+        lines = check_lines(results, rnd)
+        points: list[Point] = []
         events: list[IncidentEvent] = []
         if partial:
             # A partial round says nothing about the zones it did not reach: no zone counts,
@@ -246,7 +248,7 @@ class Monitor:
                 # Stored first: only incidents (and their alerts) safely on disk count.
                 self._commit(number, changed, events, end)
             except Exception:
-                self.writer.submit(to_lines([*points, round_point(rnd, len(results))]))
+                self.writer.submit(lines + to_lines([*points, round_point(rnd, len(results))]))
                 raise
             self.open, self.audit_open = now_open, audit_open
             points += incident_points(events, rnd)
@@ -255,7 +257,7 @@ class Monitor:
         m = self.metrics
         points += [round_point(rnd, len(results)),
                    stats_point(rnd, m.delivery, m.alerts, len(self.open))]
-        self.writer.submit(to_lines(points))
+        self.writer.submit(lines + to_lines(points))
         self.pager.kick(self._all_open())
         self._account(results, rnd, time.process_time() - cpu0)
 
