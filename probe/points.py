@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 from influxdb_client.client.write.point import Point
@@ -67,15 +67,20 @@ def check_times(results: Sequence[CheckResult]) -> list[int]:
     """Each check's send time in ns, spread so that two checks with the same tag set (names of
     one zone through one resolver) are at least 1 ms apart: neither InfluxDB (same series and
     time) nor a millisecond store like VictoriaMetrics can then fold them into one point."""
-    times = [0] * len(results)
-    last: dict[tuple[str, ...], int] = {}
-    for i in sorted(range(len(results)), key=lambda i: results[i].observation.started):
-        tags = _tags(results[i])
-        t = ns(results[i].observation.started)
-        prev = last.get(tags)
+    return _spread([(r.observation.started, _tags(r)) for r in results])
+
+
+def _spread(items: Sequence[tuple[float, Hashable]]) -> list[int]:
+    """check_times over (send time, tag-set key) pairs, in send order per key."""
+    times = [0] * len(items)
+    last: dict[Hashable, int] = {}
+    for i in sorted(range(len(items)), key=lambda i: items[i][0]):
+        started, key = items[i]
+        t = ns(started)
+        prev = last.get(key)
         if prev is not None and t < prev + _MS:
             t = prev + _MS
-        times[i] = last[tags] = t
+        times[i] = last[key] = t
     return times
 
 
@@ -102,24 +107,33 @@ def _float_field(v: float) -> str:
     return s[:-2] if s.endswith(".0") else s
 
 
-def check_lines(results: Sequence[CheckResult], rnd: RoundInfo) -> list[str]:
-    """One dnssec_check line per check, at its send time (see check_times): the round's bulk,
-    written as text directly — building an influxdb-client Point per check cost more than the
+class CheckLines:
+    """dnssec_check lines built as the checks come in (the round keeps text, not results); the
+    timestamps are spread by check_times's rule when lines() is asked for.
+
+    Written as text directly: building an influxdb-client Point per check cost more than the
     sweep and most of a round's memory. Tags and fields in sorted order, as the client writes
-    them; the other measurements still go through Point."""
-    out: list[str] = []
-    prefixes: dict[tuple[str, ...], str] = {}
-    tail = f"round={rnd.number}i"
-    for r, t in zip(results, check_times(results), strict=True):
+    them (tests compare the two byte for byte); the other measurements still use Point."""
+
+    def __init__(self, number: int, vantage: str) -> None:
+        self.vantage = vantage
+        self.tail = f"round={number}i"
+        self._prefixes: dict[tuple[str, ...], str] = {}
+        self._items: list[tuple[float, str, str]] = []  # send time, tag-set prefix, fields
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, r: CheckResult) -> None:
         o = r.observation
         d = r.diagnosis
         tags = _tags(r)
-        pre = prefixes.get(tags)
+        pre = self._prefixes.get(tags)
         if pre is None:
             pairs = (("diagnosis", tags[4]), ("qtype", tags[2]), ("reason", tags[5]),
-                     ("resolver", tags[0]), ("vantage", rnd.vantage), ("verdict", tags[3]),
+                     ("resolver", tags[0]), ("vantage", self.vantage), ("verdict", tags[3]),
                      ("zone", tags[1]))
-            pre = prefixes[tags] = M_CHECK + "".join(
+            pre = self._prefixes[tags] = M_CHECK + "".join(
                 f",{k}={e}" for k, v in pairs if (e := _tag_value(v))) + " "
         f: list[str] = []
         if o.rcode is not None:
@@ -139,23 +153,45 @@ def check_lines(results: Sequence[CheckResult], rnd: RoundInfo) -> list[str]:
             f.append(f"rcode={int(o.rcode)}i")
         if d is not None and d.recovers_in_s is not None:
             f.append(f"recovers_in_s={int(d.recovers_in_s)}i")
-        f.append(tail)
+        f.append(self.tail)
         if o.rtt_ms is not None and math.isfinite(o.rtt_ms):
             f.append("rtt_ms=" + _float_field(float(o.rtt_ms)))
-        out.append(f"{pre}{','.join(f)} {t}")
-    return out
+        self._items.append((o.started, pre, ",".join(f)))
+
+    def lines(self) -> list[str]:
+        times = _spread([(s, pre) for s, pre, _ in self._items])
+        return [f"{pre}{body} {t}" for (_, pre, body), t in zip(self._items, times, strict=True)]
 
 
-def resolver_verdicts(results: Iterable[CheckResult]) -> dict[str, dict[str, CheckResult]]:
-    """zone -> resolver -> the worst check of that resolver in that zone (input order kept)."""
-    out: dict[str, dict[str, CheckResult]] = {}
+def check_lines(results: Sequence[CheckResult], rnd: RoundInfo) -> list[str]:
+    """One dnssec_check line per check, at its send time (see check_times)."""
+    b = CheckLines(rnd.number, rnd.vantage)
     for r in results:
-        per = out.setdefault(r.zone.name, {})
+        b.add(r)
+    return b.lines()
+
+
+class Worst:
+    """zone -> resolver -> the worst check of that resolver in that zone, kept as checks come
+    in (the first of equally bad ones)."""
+
+    def __init__(self) -> None:
+        self.by_zone: dict[str, dict[str, CheckResult]] = {}
+
+    def add(self, r: CheckResult) -> None:
+        per = self.by_zone.setdefault(r.zone.name, {})
         cur = per.get(r.resolver.name)
         if cur is None or (_ZONE_RANK[r.classification.verdict]
                            > _ZONE_RANK[cur.classification.verdict]):
             per[r.resolver.name] = r
-    return out
+
+
+def resolver_verdicts(results: Iterable[CheckResult]) -> dict[str, dict[str, CheckResult]]:
+    """zone -> resolver -> the worst check of that resolver in that zone (input order kept)."""
+    w = Worst()
+    for r in results:
+        w.add(r)
+    return w.by_zone
 
 
 def zone_points(worst: dict[str, dict[str, CheckResult]], rnd: RoundInfo) -> list[Point]:

@@ -33,7 +33,8 @@ class FakeSweep:
         self.calls = 0
 
     async def sweep(self, zones: Sequence[ZoneSpec], resolvers: Sequence[ResolverSpec], *,
-                    progress: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
+                    progress: Callable[[CheckResult], None] | None = None,
+                    keep: bool = True) -> list[CheckResult]:
         self.calls += 1
         if self.calls <= self.fail_first:
             raise RuntimeError("engine bug")
@@ -44,7 +45,7 @@ class FakeSweep:
                 await asyncio.sleep(self.delay / len(self.results))
                 if progress:
                     progress(r)
-            return list(self.results)
+            return list(self.results) if keep else []
         finally:
             self.active -= 1
 

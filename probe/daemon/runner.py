@@ -40,11 +40,11 @@ from probe.incidents import (
     step,
 )
 from probe.points import (
+    CheckLines,
     RoundInfo,
-    check_lines,
+    Worst,
     finding_points,
     incident_points,
-    resolver_verdicts,
     round_point,
     stats_point,
     to_lines,
@@ -60,8 +60,28 @@ log = logging.getLogger("dnssec_probe.daemon")
 
 class Sweeper(Protocol):
     async def sweep(self, zones: Sequence[ZoneSpec], resolvers: Sequence[ResolverSpec], *,
-                    progress: Callable[[CheckResult], None] | None = None
-                    ) -> list[CheckResult]: ...
+                    progress: Callable[[CheckResult], None] | None = None,
+                    keep: bool = True) -> list[CheckResult]: ...
+
+
+class RoundChecks:
+    """What a round keeps of its checks, taken as they come: their dnssec_check lines, the
+    worst check per zone and resolver, and counts — not the checks themselves (memory)."""
+
+    def __init__(self, number: int, vantage: str) -> None:
+        self.lines = CheckLines(number, vantage)
+        self.worst = Worst()
+        self.verdicts: Counter[Verdict] = Counter()
+        self.followups = 0
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def add(self, r: CheckResult) -> None:
+        self.lines.add(r)
+        self.worst.add(r)
+        self.verdicts[r.classification.verdict] += 1
+        self.followups += r.evidence is not None
 
 
 class AuditRunner(Protocol):
@@ -175,9 +195,9 @@ class Monitor:
             return True
         return False
 
-    async def _sweep_once(self, number: int) -> tuple[list[CheckResult], bool]:
-        """The sweep, with a progress bar on a terminal; (results, partial)."""
-        collected: list[CheckResult] = []
+    async def _sweep_once(self, number: int) -> tuple[RoundChecks, bool]:
+        """The sweep, with a progress bar on a terminal; (what it found, partial)."""
+        found = RoundChecks(number, self.vantage)
         total = sum(len(z.probes) for z in self.zones) * len(self.resolvers)
         bar: Any = (Progress(TextColumn(f"round {number}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), console=Console(stderr=True), transient=True)
@@ -186,18 +206,19 @@ class Monitor:
             task = bar.add_task("sweep", total=total) if self.progress else None
 
             def progress(r: CheckResult) -> None:
-                collected.append(r)
+                found.add(r)
                 if task is not None:
                     bar.advance(task)
 
             self._sweep = asyncio.ensure_future(
-                self.engine.sweep(self.zones, self.resolvers, progress=progress))
+                self.engine.sweep(self.zones, self.resolvers, progress=progress, keep=False))
             try:
-                return await self._sweep, False
+                await self._sweep
+                return found, False
             except asyncio.CancelledError:
                 if not self.stopping:
                     raise
-                return collected, True
+                return found, True
             finally:
                 self._sweep = None
 
@@ -209,7 +230,7 @@ class Monitor:
         audit = (asyncio.ensure_future(self.auditor.collect(self.zones))
                  if self.auditor is not None else None)
         try:
-            results, partial = await self._sweep_once(number)
+            found, partial = await self._sweep_once(number)
         except BaseException:
             if audit is not None:
                 audit.cancel()
@@ -218,8 +239,8 @@ class Monitor:
         end = self.clock()
         rnd = RoundInfo(number, self.vantage, started, end - started, overrun=end > deadline,
                         partial=partial)
-        worst = resolver_verdicts(results)
-        lines = check_lines(results, rnd)
+        worst = found.worst.by_zone
+        lines = found.lines.lines()
         points: list[Point] = []
         events: list[IncidentEvent] = []
         if partial:
@@ -248,18 +269,18 @@ class Monitor:
                 # Stored first: only incidents (and their alerts) safely on disk count.
                 self._commit(number, changed, events, end)
             except Exception:
-                self.writer.submit(lines + to_lines([*points, round_point(rnd, len(results))]))
+                self.writer.submit(lines + to_lines([*points, round_point(rnd, len(found))]))
                 raise
             self.open, self.audit_open = now_open, audit_open
             points += incident_points(events, rnd)
         if report is not None:
             points += finding_points(report.findings, rnd)
         m = self.metrics
-        points += [round_point(rnd, len(results)),
+        points += [round_point(rnd, len(found)),
                    stats_point(rnd, m.delivery, m.alerts, len(self.open))]
         self.writer.submit(lines + to_lines(points))
         self.pager.kick(self._all_open())
-        self._account(results, rnd, time.process_time() - cpu0)
+        self._account(found, rnd, time.process_time() - cpu0)
 
     def _all_open(self) -> list[Incident]:
         return [*self.open.values(), *self.audit_open.values()]
@@ -309,12 +330,12 @@ class Monitor:
                 "rrsig_keytags": list(i.rrsig_keytags), "cached_keytags": list(i.cached_keytags),
                 "recovers_at": i.recovers_at, "detail": i.detail, "cause": i.cause})
 
-    def _account(self, results: Sequence[CheckResult], rnd: RoundInfo, cpu_s: float) -> None:
+    def _account(self, found: RoundChecks, rnd: RoundInfo, cpu_s: float) -> None:
         m = self.metrics
-        verdicts = Counter(r.classification.verdict for r in results)
+        verdicts = found.verdicts
         for v, n in verdicts.items():
             m.checks.labels(v.value).inc(n)
-        m.followups.inc(sum(1 for r in results if r.evidence is not None))
+        m.followups.inc(found.followups)
         m.duration.observe(rnd.duration_s)
         if rnd.overrun:
             m.overruns.inc()
@@ -328,8 +349,8 @@ class Monitor:
             m.rounds.inc()
             self.rounds_done += 1
         summary = ", ".join(f"{verdicts[v]} {v.value}" for v in Verdict if verdicts[v])
-        log.info(f"round {rnd.number} done: {len(results)} checks ({summary or 'none'})", extra={
-            "event": "round", "round": rnd.number, "checks": len(results),
+        log.info(f"round {rnd.number} done: {len(found)} checks ({summary or 'none'})", extra={
+            "event": "round", "round": rnd.number, "checks": len(found),
             "duration_s": round(rnd.duration_s, 3),
             # the whole round: sweep, points, incidents, hand-over to the writer
             "total_s": round(self.clock() - rnd.started, 3), "cpu_s": round(cpu_s, 3),
