@@ -119,6 +119,7 @@ class CheckLines:
         self.vantage = vantage
         self.tail = f"round={number}i"
         self._prefixes: dict[tuple[str, ...], str] = {}
+        self._qnames: dict[str, str] = {}  # qname -> its escaped, quoted field text
         self._items: list[tuple[float, str, str]] = []  # send time, tag-set prefix, fields
 
     def __len__(self) -> int:
@@ -135,6 +136,18 @@ class CheckLines:
                      ("zone", tags[1]))
             pre = self._prefixes[tags] = M_CHECK + "".join(
                 f",{k}={e}" for k, v in pairs if (e := _tag_value(v))) + " "
+        qname = self._qnames.get(r.probe.qname)
+        if qname is None:
+            qname = self._qnames[r.probe.qname] = _str_field(r.probe.qname)
+        rtt = o.rtt_ms
+        if d is None and o.nsid is None and o.rcode is not None and rtt is not None \
+                and not o.ede and math.isfinite(rtt):
+            # The usual check (an answer, no diagnosis): one format, same text as below.
+            s = str(float(rtt))
+            self._items.append((o.started, pre, (
+                f"ad={'true' if o.ad else 'false'},ede=-1i,qname={qname},rcode={o.rcode}i,"
+                f"{self.tail},rtt_ms={s[:-2] if s.endswith('.0') else s}")))
+            return
         f: list[str] = []
         if o.rcode is not None:
             f.append("ad=true" if o.ad else "ad=false")
@@ -148,7 +161,7 @@ class CheckLines:
         f.append(f"ede={o.ede[0].code if o.ede else -1}i")
         if o.nsid is not None:  # which instance answered: free text, so a field
             f.append("nsid=" + _str_field(o.nsid))
-        f.append("qname=" + _str_field(r.probe.qname))
+        f.append("qname=" + qname)
         if o.rcode is not None:
             f.append(f"rcode={int(o.rcode)}i")
         if d is not None and d.recovers_in_s is not None:

@@ -211,7 +211,12 @@ def test_check_lines_equal_influxdb_client_lines() -> None:
         STALE, zone="63.in-addr.arpa.", cached_ds_ttl=5, recovers_in_s=None))
     odd = dataclasses.replace(odd, observation=dataclasses.replace(
         odd.observation, nsid='inst "1"\\\n', rtt_ms=2.0))
-    results = [*round_results(), odd]
+    p1 = ZONE.probes[0]
+    fast = [dataclasses.replace(x, observation=dataclasses.replace(
+        x.observation, flags=0x81A0, rtt_ms=rtt)) for x, rtt in (
+        (result(RES[0], p1, Verdict.SECURE, rcode=0), 2.0),
+        (result(odd_res, odd_probe, Verdict.SECURE, rcode=0), 0.123456789))]
+    results = [*round_results(), odd, *fast]
     for rnd in (RND, RoundInfo(8, "v,=\\", 1.0, 1.0, False), RoundInfo(9, "", 1.0, 1.0, False)):
         assert check_lines(results, rnd) == _reference_check_lines(results, rnd)
 
