@@ -7,6 +7,7 @@ dead or slow resolver only slows its own lane. A global semaphore bounds queries
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -133,7 +134,7 @@ class CheckResult:
     @property
     def rcode_text(self) -> str | None:
         rcode = self.observation.rcode
-        return None if rcode is None else dns.rcode.to_text(dns.rcode.Rcode(rcode))
+        return None if rcode is None else _rcode_text(rcode)
 
     def to_json(self, *, raw: bool = False) -> dict[str, Any]:
         """The stable --json shape; scripts depend on these names."""
@@ -162,6 +163,11 @@ class CheckResult:
             out["observation"] = o.to_dict()
             out["evidence"] = self.evidence.to_dict() if self.evidence else None
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _rcode_text(rcode: int) -> str:
+    return dns.rcode.to_text(dns.rcode.Rcode(rcode))
 
 
 def make_throttle(qps: float) -> Throttle | None:

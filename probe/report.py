@@ -384,10 +384,10 @@ class JsonStream:
         out.write('{"results": [')
 
     def add(self, r: CheckResult) -> None:
-        self.out.write(("\n  " if not self.counts else ",\n  ")
-                       + json.dumps(r.to_json(raw=self.raw)))
-        self.counts[r.classification.verdict.value] += 1
-        self.severities.add(r.severity)
+        doc = r.to_json(raw=self.raw)
+        self.out.write(("\n  " if not self.counts else ",\n  ") + json.dumps(doc))
+        self.counts[doc["verdict"]] += 1
+        self.severities.add(Severity(doc["severity"]))
 
     @property
     def exit_status(self) -> int:
