@@ -262,9 +262,6 @@ def _check_json(engine: Engine, zones: Sequence[ZoneSpec], resolvers: Sequence[R
         interrupted = True
     except Exception as exc:  # a bug must not lose what was already collected
         interrupted, failure = True, exc
-    if interrupted:
-        for r in engine.held:  # decided, only waiting for the not-validating relabel
-            stream.add(r)
     stream.finish(interrupted=interrupted, not_validating=engine.not_validating)
     if failure is not None:
         click.echo(f"dnssec-probe: internal error: {failure.__class__.__name__}: "

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -180,11 +181,17 @@ def make_throttle(qps: float) -> Throttle | None:
 
 
 class _Lane:
-    __slots__ = ("consecutive_timeouts", "dead")
+    __slots__ = ("consecutive_timeouts", "dead", "settled")
 
     def __init__(self) -> None:
         self.consecutive_timeouts = 0
         self.dead = False
+        # Set once the resolver answered (or was given up): only then do workers beyond the
+        # first SLOW_START send, so a dead resolver costs few timeouts, not one per worker.
+        self.settled = asyncio.Event()
+
+
+SLOW_START = 8
 
 
 Progress = Callable[[CheckResult], None]
@@ -204,8 +211,6 @@ class Engine:
         self.controls: dict[tuple[str, str, int], tuple[ControlVerdict, float]] = {}
         # Resolvers found not validating (from controls or this sweep): name -> detail.
         self.not_validating: dict[str, str] = {}
-        # keep=False: the no-ad rows of the sweep in progress, passed on at its end.
-        self.held: list[CheckResult] = []
 
     async def sweep(
         self,
@@ -259,7 +264,7 @@ class Engine:
 
     async def _stream(self, zones: Sequence[ZoneSpec], resolvers: Sequence[ResolverSpec],
                       progress: Progress | None) -> list[CheckResult]:
-        held = self.held = []  # visible, so an interrupted caller can still write them
+        held: deque[CheckResult] = deque()
         # What inference needs of the rows already passed on: one AD=1 row per question, and
         # one per resolver that validated anything (infer_not_validating's two uses).
         first_by_question: dict[tuple[str, str], Answered] = {}
@@ -276,11 +281,19 @@ class Engine:
             if progress is not None:
                 progress(r)
 
-        await self._sweep(zones, resolvers, route, keep=False)
-        seen = [*first_by_question.values(), *first_by_resolver.values()]
-        for r in self._mark_not_validating(held, resolvers, also=seen):
-            if progress is not None:
-                progress(r)
+        try:
+            await self._sweep(zones, resolvers, route, keep=False)
+            seen = [*first_by_question.values(), *first_by_resolver.values()]
+            rows = self._mark_not_validating(list(held), resolvers, also=seen)
+            held.clear()
+            held.extend(rows)
+        finally:
+            # Each held row is passed on once: relabelled after a full sweep, as it is when
+            # the sweep was cancelled (Ctrl-C, SIGTERM) or failed — decided rows are not lost.
+            while held:
+                r = held.popleft()
+                if progress is not None:
+                    progress(r)
         return []
 
     async def _ask_controls(self, r: ResolverSpec, querier: Querier,
@@ -368,7 +381,9 @@ class Engine:
 
         work = iter(enumerate(checks))
 
-        async def worker() -> None:
+        async def worker(n: int) -> None:
+            if n >= SLOW_START and unsendable is None:
+                await lane.settled.wait()
             for i, (zone, probe) in work:
                 if unsendable is not None:
                     obs = unsent(probe, *unsendable)
@@ -381,8 +396,11 @@ class Engine:
                     if obs.outcome is Outcome.TIMEOUT:
                         lane.consecutive_timeouts += 1
                         lane.dead = lane.consecutive_timeouts >= cfg.dead_after
+                        if lane.dead:
+                            lane.settled.set()
                     else:
                         lane.consecutive_timeouts = 0
+                        lane.settled.set()
                 cls = apex_check(classify(obs), obs, zone.name)
                 evidence = diag = None
                 if cls.needs_diagnosis and cfg.diagnose:
@@ -398,5 +416,14 @@ class Engine:
                 if progress:
                     progress(res)
 
-        await asyncio.gather(*(worker() for _ in range(min(workers, len(checks)))))
+        async def run(n: int) -> None:
+            try:
+                await worker(n)
+            finally:
+                # A first worker done (the checks ran out, or it failed): nothing is left to
+                # wait for, the others must not wait for ever.
+                if n < SLOW_START:
+                    lane.settled.set()
+
+        await asyncio.gather(*(run(n) for n in range(min(workers, len(checks)))))
         return [x for x in results if x is not None]

@@ -186,7 +186,8 @@ def check_lines(results: Sequence[CheckResult], rnd: RoundInfo) -> list[str]:
 
 class Worst:
     """zone -> resolver -> the worst check of that resolver in that zone, kept as checks come
-    in (the first of equally bad ones)."""
+    in. Equally bad ones are told apart by their question, not by which finished first: the
+    incident a round feeds must not change its mind from one round to the next."""
 
     def __init__(self) -> None:
         self.by_zone: dict[str, dict[str, CheckResult]] = {}
@@ -194,13 +195,18 @@ class Worst:
     def add(self, r: CheckResult) -> None:
         per = self.by_zone.setdefault(r.zone.name, {})
         cur = per.get(r.resolver.name)
-        if cur is None or (_ZONE_RANK[r.classification.verdict]
-                           > _ZONE_RANK[cur.classification.verdict]):
+        if cur is None:
+            per[r.resolver.name] = r
+            return
+        rank, cur_rank = _ZONE_RANK[r.classification.verdict], \
+            _ZONE_RANK[cur.classification.verdict]
+        if rank > cur_rank or (rank == cur_rank and (r.probe.qname, r.probe.qtype)
+                               < (cur.probe.qname, cur.probe.qtype)):
             per[r.resolver.name] = r
 
 
 def resolver_verdicts(results: Iterable[CheckResult]) -> dict[str, dict[str, CheckResult]]:
-    """zone -> resolver -> the worst check of that resolver in that zone (input order kept)."""
+    """zone -> resolver -> the worst check of that resolver in that zone (see Worst)."""
     w = Worst()
     for r in results:
         w.add(r)

@@ -237,7 +237,6 @@ class FakeEngine:
     def __init__(self, config: EngineConfig) -> None:
         FakeEngine.configs.append(config)
         self.not_validating = FakeEngine.planned_not_validating
-        self.held: list[CheckResult] = []
 
     async def sweep(self, zones: Any, resolvers: Any, *, progress: Any = None,
                     keep: bool = True) -> list[CheckResult]:

@@ -405,3 +405,12 @@ def test_alerts_of_channels_no_longer_configured_are_dropped(tmp_path: Path) -> 
     drop_orphan_alerts(store, {"webhook"})
     assert store.outbox_channels() == {"webhook"}
     store.close()
+
+
+def test_the_worst_check_does_not_depend_on_arrival_order() -> None:
+    p1, p2 = ZONE.probes
+    other = dataclasses.replace(STALE, rrsig_keytags=(1,))
+    a = result(RES[0], p1, Verdict.BOGUS, diag=STALE)
+    b = result(RES[0], p2, Verdict.BOGUS, diag=other)
+    for order in ([a, b], [b, a]):
+        assert resolver_verdicts(order)[ZONE.name][RES[0].name] is a

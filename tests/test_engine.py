@@ -189,3 +189,45 @@ async def test_zones_file_entry_that_is_not_a_zone_apex_is_a_warning(rcode: int)
     assert wrong.severity.value == "warning"
     assert right.classification.reason == "ad-answer" and right.severity.value == "ok"
     assert exit_status(results) == 1
+
+
+async def test_a_dead_resolver_costs_the_slow_start_not_every_worker() -> None:
+    """40 workers may run per resolver, but only the first 8 send until it has answered: a
+    dead one gets about 8 queries before the breaker gives it up, not 40."""
+    from probe.engine import SLOW_START
+
+    cfg = EngineConfig(qps=0, timeout=0.2, retries=0, per_resolver=40, diagnose=False)
+    with FakeDNS(lambda req: None) as dead, FakeDNS(secure) as live:
+        results = await Engine(cfg).sweep(ZONES, [ResolverSpec("dead", HOST, dead.port),
+                                                  ResolverSpec("live", HOST, live.port)])
+        # the first 8, and a next one from each worker whose timeout came before the 6th
+        assert len(dead.requests) <= SLOW_START + cfg.dead_after - 1 < 40
+        assert len(live.requests) == len(ZONES)
+    dead_rows = [r for r in results if r.resolver.name == "dead"]
+    assert {r.observation.outcome.value for r in dead_rows} == {"timeout", "resolver-dead"}
+
+
+async def test_a_cancelled_stream_still_passes_on_held_rows_once() -> None:
+    """keep=False holds no-ad rows for the relabel at the end; a sweep cancelled before then
+    (Ctrl-C, SIGTERM) passes them on as they are, each once."""
+    import asyncio
+
+    def slow_for_some(req: Request) -> bytes | None:
+        name = req.message.question[0].name.to_text()
+        if name.startswith("1"):  # 1., 10.-19.in-addr.arpa: never answered
+            return None
+        return make_reply(req.message, ad=False, answer=default_answer(req.message))
+
+    got: list[CheckResult] = []
+    cfg = EngineConfig(qps=0, timeout=5.0, retries=0, diagnose=False)
+    with FakeDNS(slow_for_some) as n:
+        task = asyncio.ensure_future(Engine(cfg).sweep(
+            ZONES, [ResolverSpec("n", HOST, n.port)], progress=got.append, keep=False))
+        await asyncio.sleep(0.5)
+        assert got == []  # every answered row is no-ad: held back so far
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    names = [r.zone.name for r in got]
+    assert len(names) == len(set(names)) == 9  # 2-9 and 20
+    assert {r.classification.reason for r in got} == {"no-ad"}
