@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -371,6 +372,52 @@ def render_view(results: Sequence[CheckResult], console: Console, *,
     console.print(Text(summary(results)))
 
 
+class RowEncoder:
+    """json.dumps(r.to_json()) for the usual row (no diagnosis, no EDE), in a fraction of the
+    time: the parts shared by many rows (resolver and zone, question, verdict) are encoded once.
+    Any other row goes through json.dumps. Tests compare the two text for text."""
+
+    def __init__(self) -> None:
+        self._heads: dict[tuple[str, str, str, str, str], str] = {}
+        self._questions: dict[tuple[str, str], str] = {}
+        self._verdicts: dict[tuple[str, str, str], str] = {}
+
+    def encode(self, r: CheckResult) -> tuple[str, Severity]:
+        sev = r.severity
+        o = r.observation
+        if r.diagnosis is not None or o.ede:
+            return json.dumps(r.to_json()), sev
+        res, zone = r.resolver, r.zone
+        hk = (res.name, res.address, res.operator, zone.name, zone.label)
+        head = self._heads.get(hk)
+        if head is None:
+            head = self._heads[hk] = json.dumps(dict(zip(
+                ("resolver", "address", "operator", "zone", "label"), hk, strict=True)))[:-1]
+        qk = (r.probe.qname, r.probe.qtype)
+        question = self._questions.get(qk)
+        if question is None:
+            question = self._questions[qk] = json.dumps(
+                {"qname": qk[0], "qtype": qk[1]})[1:-1]
+        vk = (r.classification.verdict.value, r.classification.reason, sev.value)
+        verdict = self._verdicts.get(vk)
+        if verdict is None:
+            verdict = self._verdicts[vk] = json.dumps(dict(zip(
+                ("verdict", "reason", "severity"), vk, strict=True)))[1:-1]
+        rcode = r.rcode_text
+        ad = ("true" if o.ad else "false") if o.outcome is Outcome.REPLY else "null"
+        rtt = "null" if o.rtt_ms is None else _json_float(round(o.rtt_ms, 3))
+        return (f"{head}, {question}, {verdict}, "
+                f'"rcode": {"null" if rcode is None else json.dumps(rcode)}, "ad": {ad}, '
+                f'"ede": [], "rtt_ms": {rtt}, "transport": {json.dumps(o.transport)}, '
+                f'"attempts": {o.attempts}, "time": {_json_float(o.started)}, '
+                '"diagnosis": null}'), sev
+
+
+def _json_float(v: float) -> str:
+    # What json writes: repr for a finite float, Infinity / NaN / ints its own way.
+    return float.__repr__(v) if type(v) is float and math.isfinite(v) else json.dumps(v)
+
+
 class JsonStream:
     """The `check --json` document written as results are decided: `{"results": [` first, one
     result per line, then summary, exit_status (and interrupted, not_validating) — the same
@@ -381,13 +428,17 @@ class JsonStream:
         self.raw = raw
         self.counts: Counter[str] = Counter()
         self.severities: set[Severity] = set()
+        self.rows = RowEncoder()
         out.write('{"results": [')
 
     def add(self, r: CheckResult) -> None:
-        doc = r.to_json(raw=self.raw)
-        self.out.write(("\n  " if not self.counts else ",\n  ") + json.dumps(doc))
-        self.counts[doc["verdict"]] += 1
-        self.severities.add(Severity(doc["severity"]))
+        if self.raw:
+            text, sev = json.dumps(r.to_json(raw=True)), r.severity
+        else:
+            text, sev = self.rows.encode(r)
+        self.out.write(("\n  " if not self.counts else ",\n  ") + text)
+        self.counts[r.classification.verdict.value] += 1
+        self.severities.add(sev)
 
     @property
     def exit_status(self) -> int:

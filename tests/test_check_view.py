@@ -397,3 +397,24 @@ def test_workers_per_resolver_follow_inflight_and_rate() -> None:
     assert EngineConfig(max_inflight=256, qps=1, timeout=2).workers_per_resolver(1) == 8
     assert EngineConfig(max_inflight=4, qps=0).workers_per_resolver(1) == 4
     assert EngineConfig(per_resolver=3).workers_per_resolver(1) == 3
+
+
+def test_the_row_encoder_writes_what_json_dumps_writes() -> None:
+    """The fast row encoding against json.dumps(to_json()) on every kind of row: secure,
+    bogus with a diagnosis, timeouts (no rcode, no RTT), EDE, odd names and labels."""
+    import dataclasses
+
+    from test_daemon_units import round_results
+
+    from probe.report import RowEncoder
+
+    rows = [*sweep(), *round_results()]
+    odd = dataclasses.replace(rows[0], zone=dataclasses.replace(rows[0].zone, label='l"\\x'),
+                              resolver=ResolverSpec('n"\\u00e9\\n', "::1", 53, "op é"))
+    odd = dataclasses.replace(odd, observation=dataclasses.replace(
+        odd.observation, rtt_ms=1e-7, started=1e16, transport="tcp", attempts=3))
+    rows.append(odd)
+    enc = RowEncoder()
+    for r in rows * 2:  # the second time from the caches
+        text, sev = enc.encode(r)
+        assert text == json.dumps(r.to_json()) and sev is r.severity
