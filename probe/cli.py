@@ -240,13 +240,19 @@ def check(zones: tuple[str, ...], zones_file: str | None, resolver_specs: tuple[
         render_table(results, out)
     else:
         render_view(results, out, not_validating=not_validating)
+    _report_stop(failure, interrupted, len(results), total)
+    sys.exit(EXIT_UNKNOWN if interrupted else exit_status(results))
+
+
+def _report_stop(failure: BaseException | None, interrupted: bool, done: int,
+                 total: int) -> None:
+    """On stderr, after whatever was collected was written: a bug, or a sweep cut short."""
     if failure is not None:
         click.echo(f"dnssec-probe: internal error: {failure.__class__.__name__}: "
                    f"{visible(str(failure))}", err=True)
         traceback.print_exception(failure, file=sys.stderr)
     if interrupted:
-        click.echo(f"interrupted: {len(results)} of {total} checks done", err=True)
-    sys.exit(EXIT_UNKNOWN if interrupted else exit_status(results))
+        click.echo(f"interrupted: {done} of {total} checks done", err=True)
 
 
 def _check_json(engine: Engine, zones: Sequence[ZoneSpec], resolvers: Sequence[ResolverSpec],
@@ -263,12 +269,7 @@ def _check_json(engine: Engine, zones: Sequence[ZoneSpec], resolvers: Sequence[R
     except Exception as exc:  # a bug must not lose what was already collected
         interrupted, failure = True, exc
     stream.finish(interrupted=interrupted, not_validating=engine.not_validating)
-    if failure is not None:
-        click.echo(f"dnssec-probe: internal error: {failure.__class__.__name__}: "
-                   f"{visible(str(failure))}", err=True)
-        traceback.print_exception(failure, file=sys.stderr)
-    if interrupted:
-        click.echo(f"interrupted: {sum(stream.counts.values())} of {total} checks done", err=True)
+    _report_stop(failure, interrupted, sum(stream.counts.values()), total)
     sys.exit(EXIT_UNKNOWN if interrupted else stream.exit_status)
 
 

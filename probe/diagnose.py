@@ -9,7 +9,7 @@ bogus answer, and PowerDNS answers SERVFAIL even with CD=1.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -260,28 +260,30 @@ class _Work:
 
 # ---- small pure helpers over recorded rdata text -------------------------------------------
 
-def _parse(texts: tuple[str, ...], rdtype: str, origin: dns.name.Name
-           ) -> tuple[list[dns.rdata.Rdata], bool]:
-    """The first MAX_RDATAS rdatas that parse, and whether any were left unread."""
+def parse_rdatas(texts: Sequence[str], rdtype: str, origin: dns.name.Name
+                 ) -> tuple[list[dns.rdata.Rdata], bool]:
+    """The first MAX_RDATAS rdatas that parse (a hostile server may send thousands), and
+    whether any were left unread."""
     out = []
     for text in texts[:MAX_RDATAS]:
         try:
             out.append(dns.rdata.from_text(dns.rdataclass.IN, rdtype, text, origin=origin,
                                              relativize=False))
-        except dns.exception.DNSException:
+        except (dns.exception.DNSException, ValueError):
             continue
     return out, len(texts) > MAX_RDATAS
 
 
-def _sigs_bounded(rrset: RRsetObs) -> tuple[list[RRSIG], bool]:
-    parsed, truncated = _parse(rrset.rrsigs, "RRSIG", dns.name.root)
+def parse_rrsigs(rrset: RRsetObs) -> tuple[list[RRSIG], bool]:
+    """The RRSIGs recorded with an RRset, bounded as parse_rdatas."""
+    parsed, truncated = parse_rdatas(rrset.rrsigs, "RRSIG", dns.name.root)
     return [rd for rd in parsed if isinstance(rd, RRSIG)], truncated
 
 
 def _keyset(rrset: RRsetObs, origin: dns.name.Name, work: _Work) -> _KeySet:
     ks = work.keysets.get(rrset)
     if ks is None:
-        parsed, truncated = _parse(rrset.rdatas, "DNSKEY", origin)
+        parsed, truncated = parse_rdatas(rrset.rdatas, "DNSKEY", origin)
         ks = _KeySet.of((k for k in parsed if isinstance(k, DNSKEY)), truncated)
         work.keysets[rrset] = ks
     if ks.truncated:
@@ -337,7 +339,7 @@ def _rrsig_tags(obs: Observation | None, qname: str, qtype: str, work: _Work,
     """Key tags of the signatures over the reply; only those by `signer` when given."""
     tags: set[int] = set()
     for r in _signed_bounded(obs, qname, qtype, work):
-        sigs, truncated = _sigs_bounded(r)
+        sigs, truncated = parse_rrsigs(r)
         if truncated:
             work.note_cut(f"{r.name} {r.rdtype}: {len(r.rrsigs)} RRSIGs, only the first "
                           f"{MAX_RDATAS} read")
@@ -401,7 +403,7 @@ def _check_sigs(
     notes: list[str] = []
     if not rrset_obs.rrsigs:
         return ["rrsig-missing"], [f"{what} has no RRSIG"], False, True
-    sigs, truncated = _sigs_bounded(rrset_obs)
+    sigs, truncated = parse_rrsigs(rrset_obs)
     complete = not truncated
     if truncated:
         work.note_cut(f"{what}: {len(rrset_obs.rrsigs)} RRSIGs, only the first {MAX_RDATAS} read")
@@ -548,7 +550,7 @@ def _check_source(ev: AuthEvidence, ds_texts: tuple[str, ...], zone: str, qname:
     # DS -> DNSKEY: at least one DS in the parent must match a key here (RFC 4035 §5.2).
     sep = keys
     sep_complete = not keys.truncated
-    ds_parsed, ds_truncated = _parse(ds_texts, "DS", origin)
+    ds_parsed, ds_truncated = parse_rdatas(ds_texts, "DS", origin)
     if ds_truncated:
         work.note_cut(f"DS RRset of {len(ds_texts)} records: only the first {MAX_RDATAS} read")
     # A DS set with no digest or algorithm we (or any validator) support makes the zone insecure
@@ -608,7 +610,7 @@ def _owns_soa(obs: Observation, zone: str) -> bool:
 def _signed_below(rrset: RRsetObs, origin: dns.name.Name) -> dns.name.Name | None:
     """The signer name when every RRSIG over the RRset names one zone strictly below `origin`
     (a server authoritative for parent and child answers from the child), else None."""
-    sigs, _ = _sigs_bounded(rrset)
+    sigs, _ = parse_rrsigs(rrset)
     signers = {s.signer for s in sigs}
     if len(signers) != 1:
         return None
@@ -729,7 +731,7 @@ def _keys_of(obs: Observation | None, zone: str, work: _Work) -> _KeySet | None:
 
 
 def _ds_list(texts: tuple[str, ...], origin: dns.name.Name) -> list[DS]:
-    parsed, _ = _parse(texts, "DS", origin)
+    parsed, _ = parse_rdatas(texts, "DS", origin)
     return [d for d in parsed if isinstance(d, DS) and _ds_supported(d)]
 
 
@@ -739,7 +741,7 @@ def _signing_keys(rrsets: list[RRsetObs], keys: _KeySet, origin: dns.name.Name, 
     the first: a double signature has two signers). Charged to the budget."""
     found: set[DNSKEY] = set()
     for r in rrsets:
-        sigs, _ = _sigs_bounded(r)
+        sigs, _ = parse_rrsigs(r)
         if len(r.rdatas) > MAX_SIGNED_RDATAS:
             work.note_cut(f"{r.name} {r.rdtype}: {len(r.rdatas)} records, more than "
                           f"{MAX_SIGNED_RDATAS} to verify")

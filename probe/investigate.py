@@ -287,14 +287,12 @@ class Investigator:
 
     # -- for the signer-side audit (probe.audit.collect): the same shared discovery ----------
 
-    async def name_servers(self, zone: ZoneSpec) -> Discovery:
-        """The zone's servers: zones.txt `ns=`, else the NS addresses two resolvers agree on."""
-        if zone.ns:
-            return Discovery(zone.ns, SOURCE_ZONES_FILE)
+    async def name_servers(self, zone: str) -> Discovery:
+        """The NS addresses two resolvers agree on (zones.txt `ns=` is the caller's to add)."""
         if not self.resolvers:
             return Discovery((), "none", ("no resolver to find the name servers with",))
-        return await _once(self._servers, zone.name,
-                           lambda: self._discover(zone, self.resolvers[0]))
+        spec = ZoneSpec(zone, ())
+        return await _once(self._servers, zone, lambda: self._discover(spec, self.resolvers[0]))
 
     async def parent_ds(self, zone: str
                         ) -> tuple[str | None, tuple[ParentEvidence, ...], tuple[str, ...]]:

@@ -143,10 +143,9 @@ class CheckLines:
         if d is None and o.nsid is None and o.rcode is not None and rtt is not None \
                 and not o.ede and math.isfinite(rtt):
             # The usual check (an answer, no diagnosis): one format, same text as below.
-            s = str(float(rtt))
             self._items.append((o.started, pre, (
                 f"ad={'true' if o.ad else 'false'},ede=-1i,qname={qname},rcode={o.rcode}i,"
-                f"{self.tail},rtt_ms={s[:-2] if s.endswith('.0') else s}")))
+                f"{self.tail},rtt_ms={_float_field(float(rtt))}")))
             return
         f: list[str] = []
         if o.rcode is not None:

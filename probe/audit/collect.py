@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from probe.audit.snapshot import ParentSnapshot, Role, ServerSnapshot, ZoneSnapshot
 from probe.investigate import Investigator, server_label
@@ -49,7 +48,7 @@ class Collector:
         # Every NS address the resolvers agree on, plus zones.txt's ns= (for `check` ns= stands
         # in for discovery; the audit wants every server resolvers may ask).
         found, (parent, parent_ds, parent_notes) = await asyncio.gather(
-            self.investigator.name_servers(replace(zone, ns=())),
+            self.investigator.name_servers(zone.name),
             self.investigator.parent_ds(zone.name))
         notes = list(found.notes) + list(parent_notes)
         servers: dict[tuple[str, int], Role] = {}

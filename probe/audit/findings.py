@@ -9,7 +9,6 @@ old set may still have been served (the next audit that saw it gone).
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -29,6 +28,7 @@ from probe.audit.served import (
 from probe.audit.snapshot import Role
 from probe.codes import FINDINGS, FindingCode, FindingSeverity
 from probe.errors import ConfigError
+from probe.incidents import iso
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -123,10 +123,6 @@ class Finding:
                    tuple(int(t) for t in d.get("keytags", ())),
                    tuple(int(t) for t in d.get("new_keytags", ())), opt("at_risk_until"),
                    opt("old_set_last_served"), opt("published_before_use_s"))
-
-
-def iso(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _tags(ids: Iterable[str]) -> str:

@@ -197,11 +197,6 @@ class AuditHistory:
             " inconsistent_since=excluded.inconsistent_since",
             (zone, meta.first_pass, meta.last_pass, meta.inconsistent_since))
 
-    def key_history(self, zone: str) -> list[dict[str, object]]:
-        """Per server and key: first/last seen published and signing (from the versions)."""
-        versions, _ = self.load(zone)
-        return key_history(versions)
-
 
 def prune(versions: Sequence[Version], now: float) -> list[Version]:
     """Versions to keep: seen within KEEP_S, and the latest MAX_VERSIONS per server and kind

@@ -7,9 +7,9 @@ from rich.table import Table
 from rich.text import Text
 
 from probe.audit.auditor import AuditReport
-from probe.audit.findings import iso
 from probe.audit.served import tags
 from probe.codes import FindingCode, FindingSeverity
+from probe.incidents import iso
 from probe.report import plain
 
 _STYLE = {FindingSeverity.CRITICAL: "bold red", FindingSeverity.WARNING: "yellow",

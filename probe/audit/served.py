@@ -23,8 +23,8 @@ from dns.rdtypes.ANY.DS import DS
 from dns.rdtypes.ANY.RRSIG import RRSIG
 
 from probe.audit.snapshot import ParentSnapshot, Role, ServerSnapshot
-from probe.diagnose import MAX_RDATAS, authoritative, signed_rrsets
-from probe.observation import Observation, Outcome, RRsetObs
+from probe.diagnose import MAX_RDATAS, authoritative, parse_rdatas, parse_rrsigs, signed_rrsets
+from probe.observation import Observation, RRsetObs
 
 UNKNOWN = "?"
 GROUP_SEP = "|"  # in no key id (base64 has no '|')
@@ -100,18 +100,11 @@ class ParentServed:
 
 
 def _parse(texts: Sequence[str], rdtype: str, origin: dns.name.Name) -> list[dns.rdata.Rdata]:
-    out = []
-    for text in texts[:MAX_RDATAS]:  # a hostile server may send thousands
-        try:
-            out.append(dns.rdata.from_text(dns.rdataclass.IN, rdtype, text, origin=origin,
-                                             relativize=False))
-        except (dns.exception.DNSException, ValueError):
-            continue
-    return out
+    return parse_rdatas(texts, rdtype, origin)[0]
 
 
 def _sigs(rrset: RRsetObs) -> list[RRSIG]:
-    return [s for s in _parse(rrset.rrsigs, "RRSIG", dns.name.root) if isinstance(s, RRSIG)]
+    return parse_rrsigs(rrset)[0]
 
 
 def _cap(rrset: RRsetObs, sigs: Sequence[RRSIG], at: float) -> int:
@@ -120,10 +113,6 @@ def _cap(rrset: RRsetObs, sigs: Sequence[RRSIG], at: float) -> int:
     expired signature beside a valid one must not shorten it."""
     caps = [min(s.original_ttl, int(s.expiration - at)) for s in sigs if s.expiration > at]
     return max(0, min(rrset.ttl, max(caps)) if caps else rrset.ttl)
-
-
-def _reply(obs: Observation) -> bool:
-    return obs.outcome is Outcome.REPLY and authoritative(obs)
 
 
 def _signer(sig: RRSIG, rrset: RRsetObs, by_tag: dict[tuple[int, int], list[DNSKEY]],
@@ -159,7 +148,7 @@ def zone_keys(snapshots: Iterable[ServerSnapshot], zone: str) -> list[DNSKEY]:
     origin = dns.name.from_text(zone)
     out: dict[str, DNSKEY] = {}
     for s in snapshots:
-        if not _reply(s.dnskey):
+        if not authoritative(s.dnskey):
             continue
         for rr in s.dnskey.rrsets("DNSKEY", zone)[:1]:
             for k in _parse(rr.rdatas, "DNSKEY", origin):
@@ -174,7 +163,7 @@ def served(snap: ServerSnapshot, zone: str, known: Sequence[DNSKEY]) -> Served:
     by_tag: dict[tuple[int, int], list[DNSKEY]] = {}
     for k in known:
         by_tag.setdefault((dns.dnssec.key_id(k), int(k.algorithm)), []).append(k)
-    if not (_reply(snap.dnskey) and _reply(snap.soa)):
+    if not (authoritative(snap.dnskey) and authoritative(snap.soa)):
         return Served(snap.server, snap.role, False, _serial(snap.soa, zone), frozenset(), None,
                       frozenset(), frozenset())
     at = snap.dnskey.started
@@ -191,7 +180,7 @@ def served(snap: ServerSnapshot, zone: str, known: Sequence[DNSKEY]) -> Served:
         seen += _seen(rr, sigs)
     groups: set[str] = set()
     for obs in (snap.soa, *snap.answers):
-        if not _reply(obs):
+        if not authoritative(obs):
             continue
         for rr in signed_rrsets(obs, obs.qname, obs.qtype)[:8]:
             sigs = [s for s in _sigs(rr) if s.signer == origin]  # data of a zone below: not ours
@@ -209,7 +198,7 @@ def _seen(rr: RRsetObs, sigs: Sequence[RRSIG]) -> list[SigSeen]:
 
 
 def _serial(soa: Observation, zone: str) -> int | None:
-    if not _reply(soa):
+    if not authoritative(soa):
         return None
     for rr in soa.rrsets("SOA", zone)[:1]:
         fields = rr.rdatas[0].split() if rr.rdatas else []
@@ -225,7 +214,7 @@ def ds_id(ds: DS) -> str:
 def parent_served(p: ParentSnapshot, zone: str) -> ParentServed:
     """The DS RRset one parent server serves: answered with AA (NOERROR or NODATA) or not."""
     obs = p.ds
-    if not _reply(obs):
+    if not authoritative(obs):
         return ParentServed(p.server, False, frozenset(), None)
     ds: set[str] = set()
     ttl: int | None = None
