@@ -1,5 +1,5 @@
 """Entry point for `python -m probe`."""
 
-from probe.cli import main
+from probe.cli import entry
 
-main()
+entry()

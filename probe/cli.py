@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -487,6 +488,20 @@ def _raise_fd_limit() -> None:
     if soft != resource.RLIM_INFINITY and soft < want:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def entry() -> None:
+    """The installed command (and `python -m probe`): main() with the collector tuned.
+
+    Everything alive after start-up (modules, click's command tree) lives until exit: frozen
+    out of the collector's scans. A sweep allocates many short-lived objects and few cycles,
+    so the youngest generation is collected every 50,000 allocations instead of 700 (measured:
+    4 us less CPU per check, ~13 % of a 5,000-name `check --json`). Not in main(): tests call
+    that many times in one process.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    main()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -103,6 +103,45 @@ class _Pending:
         self.sock = sock
 
 
+class Outbox:
+    """Datagrams queued during one turn of the event loop, sent together at its end.
+
+    A send() that wakes a sleeping resolver costs the sender ~15-30 us of kernel time on
+    loopback (measured: 11k q/s one query per wake-up, 290k q/s in bursts of 4 or more, from
+    the same Python loop); queries sent back to back find it awake. Every worker that a batch
+    of replies woke queues its next query here, and one callback sends them all.
+    """
+
+    __slots__ = ("_loop", "_queue", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: list[tuple[UdpChannel, _Socket, int, bytes]] = []
+        self._scheduled = False
+
+    def put(self, ch: UdpChannel, s: _Socket, qid: int, wire: bytes) -> None:
+        self._queue.append((ch, s, qid, wire))
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        queue, self._queue = self._queue, []
+        self._scheduled = False
+        sent = time.perf_counter()  # loop.time() is only millisecond-grained under uvloop
+        for ch, s, qid, wire in queue:
+            p = ch._pending.get(qid)
+            if p is None or p.sock is not s:
+                continue  # failed or closed meanwhile
+            p.sent = sent
+            try:
+                s.sock.send(wire)
+            except BlockingIOError:
+                pass  # like a lost datagram: the timeout and the caller's retry deal with it
+            except OSError as exc:
+                ch._send_failed(qid, p, _translate(exc, "send"))
+
+
 class UdpChannel:
     """Connected UDP sockets to one server (the kernel drops datagrams from other sources).
 
@@ -115,13 +154,14 @@ class UdpChannel:
     def __init__(self, host: str, port: int, *, timeout: float,
                  loop: asyncio.AbstractEventLoop, pool_size: int = POOL_SIZE,
                  rotate_queries: int = ROTATE_QUERIES,
-                 rotate_seconds: float = ROTATE_SECONDS) -> None:
+                 rotate_seconds: float = ROTATE_SECONDS, outbox: Outbox | None = None) -> None:
         if pool_size < 1 or rotate_queries < 1 or not rotate_seconds > 0:
             raise ValueError("pool_size and rotate_queries must be >= 1, rotate_seconds > 0")
         self.host = host
         self.port = port
         self.timeout = timeout
         self._loop = loop
+        self._outbox = outbox if outbox is not None else Outbox(loop)
         self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._pool_size = pool_size
         self._rotate_queries = rotate_queries
@@ -226,20 +266,9 @@ class UdpChannel:
         qid = ids.next()
         while qid in pending:  # unique across the channel's sockets
             qid = ids.next()
-        sent = time.perf_counter()  # loop.time() is only millisecond-grained under uvloop
-        try:
-            s.sock.send(tmpl.with_id(qid))
-        except BlockingIOError:
-            pass  # like a lost datagram: the timeout and the caller's retry deal with it
-        except OSError as exc:
-            err = _translate(exc, "send")
-            fut.set_exception(err)
-            if isinstance(err, Unreachable | PortUnreachable):
-                # An ICMP error for an earlier query, reported here instead of on receive:
-                # the queries still in flight went to the same dead port or host.
-                self._fail_all(err)
-            return fut
-        pending[qid] = _Pending(fut, tmpl, sent, now + self.timeout, s)
+        # Sent at the end of this turn of the loop, with the others queued in it (Outbox).
+        self._outbox.put(self, s, qid, tmpl.with_id(qid))
+        pending[qid] = _Pending(fut, tmpl, 0.0, now + self.timeout, s)
         s.inflight += 1
         s.sent += 1
         if s.sent >= self._rotate_queries:
@@ -247,6 +276,16 @@ class UdpChannel:
         if self._timer is None:
             self._timer = loop.call_later(_TICK, self._expire)
         return fut
+
+    def _send_failed(self, qid: int, p: _Pending, err: TransportError) -> None:
+        del self._pending[qid]
+        if not p.fut.done():
+            p.fut.set_exception(err)
+        self._finished(p.sock)
+        if isinstance(err, Unreachable | PortUnreachable):
+            # An ICMP error for an earlier query, reported here instead of on receive:
+            # the queries still in flight went to the same dead port or host.
+            self._fail_all(err)
 
     def _on_readable(self, s: _Socket) -> None:
         pending = self._pending
@@ -379,16 +418,21 @@ class Transport:
         self.rotate_queries = rotate_queries
         self.rotate_seconds = rotate_seconds
         self._channels: dict[tuple[str, int], UdpChannel] = {}
+        self._outbox: Outbox | None = None  # one for all channels: one flush per loop turn
 
     def channel(self, host: str, port: int) -> UdpChannel:
         key = (host, port)
         ch = self._channels.get(key)
         if ch is None:
-            ch = UdpChannel(host, port, timeout=self.timeout, loop=asyncio.get_running_loop(),
+            loop = asyncio.get_running_loop()
+            if self._outbox is None:
+                self._outbox = Outbox(loop)
+            ch = UdpChannel(host, port, timeout=self.timeout, loop=loop,
                             pool_size=self.pool_size, rotate_queries=self.rotate_queries,
-                            rotate_seconds=self.rotate_seconds)
+                            rotate_seconds=self.rotate_seconds, outbox=self._outbox)
             self._channels[key] = ch
         return ch
+
     async def exchange(self, host: str, port: int, tmpl: QueryTemplate) -> RawReply:
         """One attempt: UDP, then TCP when the UDP reply is truncated."""
         reply = await self.channel(host, port).send(tmpl)

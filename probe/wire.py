@@ -6,6 +6,7 @@ secure" or "parse me", and every reply that is not plainly secure goes through d
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from collections import OrderedDict
@@ -73,6 +74,22 @@ _FLAG_RD, _FLAG_CD = 0x0100, 0x0010
 _DO = 0x8000
 
 
+_LENGTH_OCTET = [bytes((n,)) for n in range(64)]
+
+
+@functools.lru_cache(maxsize=64)
+def _query_parts(code: int, rd: bool, cd: bool, payload: int,
+                 nsid: bool) -> tuple[bytes, bytes, bytes]:
+    """(header, QTYPE+QCLASS, OPT record) of a plain query: the same for every name."""
+    flags = (_FLAG_RD if rd else 0) | (_FLAG_CD if cd else 0)
+    typeclass = code.to_bytes(2, "big") + b"\x00\x01"
+    rdata = b"\x00\x03\x00\x00" if nsid else b""  # NSID, empty (RFC 5001 §2.1)
+    opt = (b"\x00\x00\x29" + payload.to_bytes(2, "big") + b"\x00\x00"
+           + _DO.to_bytes(2, "big") + len(rdata).to_bytes(2, "big") + rdata)
+    header = b"\x00\x00" + flags.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x00\x00\x01"
+    return header, typeclass, opt
+
+
 def _plain_template(qname: str, qtype: str, *, rd: bool, cd: bool, payload: int,
                     nsid: bool) -> QueryTemplate | None:
     """The IN-class query of make_template, built from bytes for a plain name and a common type
@@ -80,17 +97,12 @@ def _plain_template(qname: str, qtype: str, *, rd: bool, cd: bool, payload: int,
     code = _TYPES.get(qtype)
     if code is None or len(qname) > 254 or _PLAIN_NAME.match(qname) is None:
         return None
-    name_wire = b"".join(len(label).to_bytes(1, "big") + label
-                         for label in qname.encode("ascii").split(b".")[:-1]) + b"\x00"
-    flags = (_FLAG_RD if rd else 0) | (_FLAG_CD if cd else 0)
-    typeclass = code.to_bytes(2, "big") + b"\x00\x01"
-    rdata = b"\x00\x03\x00\x00" if nsid else b""  # NSID, empty (RFC 5001 §2.1)
-    opt = (b"\x00\x00\x29" + payload.to_bytes(2, "big") + b"\x00\x00"
-           + _DO.to_bytes(2, "big") + len(rdata).to_bytes(2, "big") + rdata)
-    header = b"\x00\x00" + flags.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x00\x00\x01"
-    return QueryTemplate(qname=qname, qtype=qtype, rd=rd, cd=cd,
-                         wire=header + name_wire + typeclass + opt,
-                         qname_wire_lower=name_wire, typeclass=typeclass)
+    octet = _LENGTH_OCTET
+    name_wire = b"".join([octet[len(label)] + label
+                          for label in qname.encode("ascii").split(b".")[:-1]]) + b"\x00"
+    header, typeclass, opt = _query_parts(code, rd, cd, payload, nsid)
+    return QueryTemplate(qname, qtype, rd, cd, header + name_wire + typeclass + opt,
+                         name_wire, typeclass)
 
 
 def make_template(

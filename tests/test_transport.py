@@ -690,3 +690,64 @@ async def test_port_unreachable_fails_queries_on_every_socket_of_the_pool() -> N
         ch.close()
     assert all(isinstance(r, PortUnreachable) for r in results), results
     assert ch.in_flight == 0
+
+
+async def test_queries_queued_in_one_turn_of_the_loop_leave_together_at_its_end() -> None:
+    """The Outbox: a send() that wakes a sleeping resolver is costly, queries back to back are
+    not; every query asked in one turn leaves in one burst after it, and the RTT counts from
+    the burst."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((HOST, 0))
+    server.setblocking(False)
+    tr = Transport(timeout=2.0)
+    try:
+        ch = tr.channel(HOST, server.getsockname()[1])
+        futures = [ch.send(make_template(f"{i}.2.0.192.in-addr.arpa.", "PTR")) for i in range(5)]
+        with pytest.raises(BlockingIOError):
+            server.recv(512)  # nothing sent yet: still this turn
+        await asyncio.sleep(0)  # the flush runs in the next turn
+        got = []
+        for _ in range(5):
+            data, peer = server.recvfrom(512)
+            got.append(dns.message.from_wire(data).question[0].name.to_text())
+        assert got == [f"{i}.2.0.192.in-addr.arpa." for i in range(5)]  # in order
+        start = time.perf_counter()
+        await asyncio.sleep(0.05)
+        q = dns.message.from_wire(data)
+        reply = make_reply(q, answer=default_answer(q))
+        server.sendto(reply, peer)
+        raw = await futures[-1]
+        # From the burst (about `start`), not from an earlier clock.
+        assert raw.rtt >= time.perf_counter() - start - 0.01
+        assert raw.rtt < 1.0
+    finally:
+        tr.close()
+        server.close()
+
+
+async def test_a_send_that_fails_at_the_end_of_the_turn_fails_its_query(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Errors of the deferred send reach the query's future, translated, and an ICMP error
+    reported on send fails the channel's other queries too."""
+    failed: list[Exception] = []
+    real = UdpChannel._send_failed
+
+    def spy(self: UdpChannel, qid: int, p: object, err: Exception) -> None:
+        failed.append(err)
+        real(self, qid, p, err)  # type: ignore[arg-type]
+    monkeypatch.setattr(UdpChannel, "_send_failed", spy)
+    ch = UdpChannel(HOST, free_port(), timeout=5.0, loop=asyncio.get_running_loop(),
+                    pool_size=1, rotate_queries=10**6)
+    try:
+        first = ch.send(make_template(QNAME, "PTR"))
+        with pytest.raises(PortUnreachable):
+            await asyncio.wait_for(first, 5)  # ICMP error on receive
+        # The kernel keeps a second ICMP error for the next send on the socket: provoke one.
+        more = [ch.send(make_template(QNAME, "PTR")) for _ in range(3)]
+        results = await asyncio.wait_for(asyncio.gather(*more, return_exceptions=True), 10)
+        assert all(isinstance(r, PortUnreachable) for r in results), results
+        assert ch.in_flight == 0
+        # On loopback the ICMP error of the first of the three is reported by the next send.
+        assert failed and all(isinstance(e, PortUnreachable) for e in failed)
+    finally:
+        ch.close()
