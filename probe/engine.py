@@ -242,16 +242,17 @@ class Engine:
         investigator = Investigator(querier, resolvers, self.templates, throttles=throttles,
                                     max_auth_servers=cfg.max_auth_servers,
                                     allow_local_auth=cfg.allow_local_auth)
-        checks = [(z, p) for z in zones for p in z.probes]
         # Room for every probe name plus follow-ups, so a large zones file does not evict
         # (and rebuild) its own templates every round; names learnt from replies stay bounded.
-        self.templates.maxsize = max(self.templates.maxsize, 2 * len(checks) + 1024)
-        templates = {(p.qname, p.qtype): self.templates.get(p.qname, p.qtype) for _, p in checks}
+        n = sum(len(z.probes) for z in zones)
+        self.templates.maxsize = max(self.templates.maxsize, 2 * n + 1024)
+        get = self.templates.get
+        checks = [(z, p, get(p.qname, p.qtype)) for z in zones for p in z.probes]
         workers = self.config.workers_per_resolver(len(resolvers))
         try:
             lanes, _ = await asyncio.gather(
                 asyncio.gather(*(
-                    self._lane(r, checks, templates, throttles[r.name], querier, investigator,
+                    self._lane(r, checks, throttles[r.name], querier, investigator,
                                progress, keep=keep, workers=workers)
                     for r in resolvers
                 )),
@@ -275,9 +276,11 @@ class Engine:
                 held.append(r)
                 return
             if r.classification.verdict is Verdict.SECURE and r.observation.ad:
-                a = Answered(r.resolver.name, r.probe.qname, r.probe.qtype, True, False)
-                first_by_question.setdefault((a.qname, a.qtype), a)
-                first_by_resolver.setdefault(a.resolver, a)
+                q, name = (r.probe.qname, r.probe.qtype), r.resolver.name
+                if q not in first_by_question or name not in first_by_resolver:
+                    a = Answered(name, q[0], q[1], True, False)
+                    first_by_question.setdefault(q, a)
+                    first_by_resolver.setdefault(name, a)
             if progress is not None:
                 progress(r)
 
@@ -354,8 +357,7 @@ class Engine:
     async def _lane(
         self,
         r: ResolverSpec,
-        checks: list[tuple[ZoneSpec, ProbeName]],
-        templates: dict[tuple[str, str], QueryTemplate],
+        checks: list[tuple[ZoneSpec, ProbeName, QueryTemplate]],
         throttle: Throttle | None,
         querier: Querier,
         investigator: Investigator,
@@ -384,15 +386,13 @@ class Engine:
         async def worker(n: int) -> None:
             if n >= SLOW_START and unsendable is None:
                 await lane.settled.wait()
-            for i, (zone, probe) in work:
+            for i, (zone, probe, tmpl) in work:
                 if unsendable is not None:
                     obs = unsent(probe, *unsendable)
                 elif lane.dead:
                     obs = unsent(probe, Outcome.SKIPPED, f"{cfg.dead_after} consecutive timeouts")
                 else:
-                    obs = await querier.ask(r.name, r.host, r.port,
-                                            templates[(probe.qname, probe.qtype)],
-                                            throttle=throttle)
+                    obs = await querier.ask(r.name, r.host, r.port, tmpl, throttle=throttle)
                     if obs.outcome is Outcome.TIMEOUT:
                         lane.consecutive_timeouts += 1
                         lane.dead = lane.consecutive_timeouts >= cfg.dead_after

@@ -380,33 +380,39 @@ class RowEncoder:
     json.dumps. Tests compare the two text for text."""
 
     def __init__(self) -> None:
-        self._heads: dict[tuple[str, str, str, str, str], str] = {}
-        self._verdicts: dict[tuple[str, str, str], str] = {}
+        # Heads keyed by the identity of the resolver and zone objects a sweep shares between
+        # its rows (bounded by resolvers x zones), kept alive by the value so an id is never
+        # reused while cached: hashing two ints is cheaper than hashing five strings per row.
+        self._heads: dict[tuple[int, int], tuple[object, object, str]] = {}
+        # Enum members are singletons: their ids are stable keys.
+        self._verdicts: dict[tuple[int, str, int], tuple[str, Severity]] = {}
 
     def encode(self, r: CheckResult) -> tuple[str, Severity]:
-        sev = r.severity
         o = r.observation
         if r.diagnosis is not None or o.ede:
-            return json.dumps(r.to_json()), sev
-        res, zone = r.resolver, r.zone
-        hk = (res.name, res.address, res.operator, zone.name, zone.label)
-        head = self._heads.get(hk)
-        if head is None:
-            head = self._heads[hk] = json.dumps(dict(zip(
-                ("resolver", "address", "operator", "zone", "label"), hk, strict=True)))[:-1]
-        vk = (r.classification.verdict.value, r.classification.reason, sev.value)
-        verdict = self._verdicts.get(vk)
-        if verdict is None:
-            verdict = self._verdicts[vk] = json.dumps(dict(zip(
-                ("verdict", "reason", "severity"), vk, strict=True)))[1:-1]
+            return json.dumps(r.to_json()), r.severity
+        res, zone, cls = r.resolver, r.zone, r.classification
+        hk = (id(res), id(zone))
+        held = self._heads.get(hk)
+        if held is None:
+            held = self._heads[hk] = (res, zone, json.dumps({
+                "resolver": res.name, "address": res.address, "operator": res.operator,
+                "zone": zone.name, "label": zone.label})[:-1])
+        vk = (id(cls.verdict), cls.reason, id(zone.expect))
+        known = self._verdicts.get(vk)
+        if known is None:
+            sev = r.severity
+            known = self._verdicts[vk] = (json.dumps({
+                "verdict": cls.verdict.value, "reason": cls.reason,
+                "severity": sev.value})[1:-1], sev)
         rcode = r.rcode_text
         ad = ("true" if o.ad else "false") if o.outcome is Outcome.REPLY else "null"
         rtt = "null" if o.rtt_ms is None else _json_float(round(o.rtt_ms, 3))
-        return (f'{head}, "qname": {_jstr(r.probe.qname)}, "qtype": {_jstr(r.probe.qtype)}, '
-                f'{verdict}, "rcode": {"null" if rcode is None else _jstr(rcode)}, "ad": {ad}, '
+        return (f'{held[2]}, "qname": {_jstr(r.probe.qname)}, "qtype": {_jstr(r.probe.qtype)}, '
+                f'{known[0]}, "rcode": {"null" if rcode is None else _jstr(rcode)}, "ad": {ad}, '
                 f'"ede": [], "rtt_ms": {rtt}, "transport": {_jstr(o.transport)}, '
                 f'"attempts": {o.attempts}, "time": {_json_float(o.started)}, '
-                '"diagnosis": null}'), sev
+                '"diagnosis": null}'), known[1]
 
 
 def _json_float(v: float) -> str:

@@ -12,7 +12,7 @@ import errno
 import os
 import socket
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from probe.errors import (
     ConnectionFailed,
@@ -52,9 +52,9 @@ def _translate(exc: OSError, what: str) -> TransportError:
     return ConnectionFailed(f"{what}: {name}")
 
 
-@dataclass(frozen=True, slots=True)
-class RawReply:
-    """The bytes of a matching reply, how long it took and over what."""
+class RawReply(NamedTuple):
+    """The bytes of a matching reply, how long it took and over what (a NamedTuple: one per
+    query, built faster than a frozen dataclass)."""
 
     data: bytes
     rtt: float  # seconds

@@ -76,10 +76,12 @@ def _plain_qname(text: str, zone: str) -> str | None:
     which is what dnspython gives for such names), without dnspython's per-name cost; None
     for anything else (escapes, '@', names outside the zone, too long): the slow path judges."""
     t = text.lower()
-    if _PLAIN_RELATIVE.match(t):
-        q = f"{t}.{zone}"
-    elif _PLAIN_ABSOLUTE.match(t) and (t == zone or t.endswith("." + zone)):
+    if t.endswith("."):  # absolute: one pattern tried, not two
+        if not (_PLAIN_ABSOLUTE.match(t) and (t == zone or t.endswith("." + zone))):
+            return None
         q = t
+    elif _PLAIN_RELATIVE.match(t):
+        q = f"{t}.{zone}"
     else:
         return None
     return q if len(q) <= 254 else None

@@ -88,7 +88,7 @@ def test_lame_parent_server_is_not_evidence() -> None:
     z, _, ev = ksk_swap()
     p = parent_ds(ZONE, z.ksk)
     assert p.ds is not None
-    lame = ParentEvidence(p.address, replace(p.ds, flags=FLAG_QR))
+    lame = ParentEvidence(p.address, p.ds._replace(flags=FLAG_QR))
     d = diagnose(replace(ev, parent_ds=(lame,)), now=NOW)
     assert d.kind is not DiagnosisKind.STALE_DS_CACHE and d.ds_keytags == ()
 
@@ -276,11 +276,11 @@ def test_nsid_differing_widens_the_recovery() -> None:
     z = SignedZone(ZONE, NOW, dnskey_ttl=3600)
     ev = cutover(z)
     assert ev.cd_answer is not None and ev.cached_dnskey is not None
-    same = replace(ev, cd_answer=replace(ev.cd_answer, nsid="fra1"),
-                   cached_dnskey=replace(ev.cached_dnskey, nsid="fra1"))
+    same = replace(ev, cd_answer=ev.cd_answer._replace(nsid="fra1"),
+                   cached_dnskey=ev.cached_dnskey._replace(nsid="fra1"))
     d = diagnose(same, now=NOW)
     assert "instances-differ" not in d.reasons and d.recovers_in_s == 3000 + 1
-    differ = replace(same, cached_dnskey=replace(ev.cached_dnskey, nsid="ams2"))
+    differ = replace(same, cached_dnskey=ev.cached_dnskey._replace(nsid="ams2"))
     d = diagnose(differ, now=NOW)
     assert d.kind is DiagnosisKind.STALE_DNSKEY_CACHE and "instances-differ" in d.reasons
     assert d.recovers_in_s == 3600  # the source's DNSKEY TTL, from now
@@ -342,7 +342,7 @@ def test_ds_nodata_below_no_apex_is_not_an_insecure_delegation() -> None:
                   cached_dnskey=z.dnskey_obs([z.ksk, z.zsk], server="res", cd=True),
                   cached_ds=cached_ds(ZONE), parent_ds=(parent_ds(ZONE),), zone_soa=inside)
     assert diagnose(ev, now=NOW).kind is not DiagnosisKind.INSECURE_DELEGATION
-    apex = replace(inside, answer=(RRsetObs(ZONE, "SOA", 60, ("ns. host. 1 2 3 4 5",), ()),),
-                   authority=())
+    apex = inside._replace(answer=(RRsetObs(ZONE, "SOA", 60, ("ns. host. 1 2 3 4 5",), ()),),
+                           authority=())
     assert diagnose(replace(ev, zone_soa=apex), now=NOW).kind is \
         DiagnosisKind.INSECURE_DELEGATION
