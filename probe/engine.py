@@ -12,8 +12,8 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import dns.rcode
 from asyncio_throttle.throttler import Throttler
@@ -115,9 +115,9 @@ class EngineConfig:
 CONTROL_RECHECK_S = 3600.0  # how long a decided control verdict is trusted
 
 
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """One (resolver, qname, qtype) check: raw observation, verdict, and evidence if it failed."""
+class CheckResult(NamedTuple):
+    """One (resolver, qname, qtype) check: raw observation, verdict, and evidence if it failed.
+    (A NamedTuple, like Observation: one per check, built faster than a frozen dataclass.)"""
 
     resolver: ResolverSpec
     zone: ZoneSpec
@@ -350,7 +350,7 @@ class Engine:
         if not found:
             return rows
         relabel = Classification(Verdict.INSECURE, "not-validating")
-        return [replace(x, classification=relabel)
+        return [x._replace(classification=relabel)
                 if x.resolver.name in found and x.classification.reason == "no-ad" else x
                 for x in rows]
 

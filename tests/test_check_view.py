@@ -409,11 +409,11 @@ def test_the_row_encoder_writes_what_json_dumps_writes() -> None:
     from probe.report import RowEncoder
 
     rows = [*sweep(), *round_results()]
-    odd = dataclasses.replace(rows[0], zone=dataclasses.replace(rows[0].zone, label='l"\\x'),
-                              resolver=ResolverSpec('n"\\u00e9\\n', "::1", 53, "op é"))
-    odd = dataclasses.replace(odd, observation=odd.observation._replace(
+    odd = rows[0]._replace(zone=dataclasses.replace(rows[0].zone, label='l"\\x'),
+                           resolver=ResolverSpec('n"\\u00e9\\n', "::1", 53, "op é"))
+    odd = odd._replace(observation=odd.observation._replace(
         rtt_ms=1e-7, started=1e16, transport="tcp", attempts=3))
-    odd_name = dataclasses.replace(odd, probe=ProbeName('a"\\065\u00e9\t.x.', "TYPE65"))
+    odd_name = odd._replace(probe=ProbeName('a"\\065\u00e9\t.x.', "TYPE65"))
     rows += [odd, odd_name]
     enc = RowEncoder()
     for r in rows * 2:  # the second time from the caches

@@ -209,10 +209,10 @@ def test_check_lines_equal_influxdb_client_lines() -> None:
     odd_probe = ProbeName('x"y\\z.14.in-addr.arpa.', "PTR")
     odd = result(odd_res, odd_probe, Verdict.BOGUS, diag=dataclasses.replace(
         STALE, zone="63.in-addr.arpa.", cached_ds_ttl=5, recovers_in_s=None))
-    odd = dataclasses.replace(odd, observation=odd.observation._replace(
+    odd = odd._replace(observation=odd.observation._replace(
         nsid='inst "1"\\\n', rtt_ms=2.0))
     p1 = ZONE.probes[0]
-    fast = [dataclasses.replace(x, observation=x.observation._replace(
+    fast = [x._replace(observation=x.observation._replace(
         flags=0x81A0, rtt_ms=rtt)) for x, rtt in (
         (result(RES[0], p1, Verdict.SECURE, rcode=0), 2.0),
         (result(odd_res, odd_probe, Verdict.SECURE, rcode=0), 0.123456789))]
