@@ -57,11 +57,13 @@ class QueryTemplate:
 
     def matches_question(self, reply: bytes) -> bool:
         """Does `reply` carry exactly our question (name compared case-insensitively, RFC 4343)?"""
-        n = len(self.qname_wire_lower)
+        q = self.qname_wire_lower
+        n = len(q)
         return (
-            reply[4:6] == b"\x00\x01"
-            and reply[12 : 12 + n].lower() == self.qname_wire_lower
-            and reply[12 + n : 16 + n] == self.typeclass
+            len(reply) > 12 and reply[4] == 0 and reply[5] == 1  # QDCOUNT 1
+            # Resolvers echo the question as sent (lower case): compare without a copy first.
+            and (reply.startswith(q, 12) or reply[12 : 12 + n].lower() == q)
+            and reply.startswith(self.typeclass, 12 + n)
         )
 
 
