@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from engine_vs_dnsperf import BENCH_ZONE, run_dnsperf
 
+from probe.cli import tune_gc
 from probe.engine import Engine, EngineConfig
 from probe.errors import TransportError
 from probe.resolvers import ResolverSpec
@@ -93,9 +93,7 @@ def main() -> int:
         uvloop.install()
     except ImportError:
         pass
-    # As the installed command does (probe.cli.entry).
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    tune_gc()  # as the installed command does (probe.cli.entry)
     lab = Lab(Path(tempfile.mkdtemp(prefix="dnssec-probe-bench-floor-")), resolvers=("unbound",))
     lab.start()
     try:

@@ -181,14 +181,41 @@ def make_throttle(qps: float) -> Throttle | None:
 
 
 class _Lane:
-    __slots__ = ("consecutive_timeouts", "dead", "settled")
+    """A resolver's lane: its breaker, and the slow start of its workers.
+
+    The first SLOW_START workers send at once; each one beyond waits for an answer from the
+    resolver, one answer letting one more worker in (the window doubles per round trip, as in
+    TCP's slow start). So a dead resolver costs few timeouts, not one per worker, and a large
+    in-flight budget reaches a resolver in steps its receive buffer takes, not as one burst
+    (measured: --inflight 4096 against one Unbound, 56,821 dropped queries in 8 sweeps with
+    every worker let in on the first answer, none with the ramp)."""
+
+    __slots__ = ("consecutive_timeouts", "dead", "gate", "open", "waiting")
 
     def __init__(self) -> None:
         self.consecutive_timeouts = 0
         self.dead = False
-        # Set once the resolver answered (or was given up): only then do workers beyond the
-        # first SLOW_START send, so a dead resolver costs few timeouts, not one per worker.
-        self.settled = asyncio.Event()
+        self.gate = asyncio.Semaphore(0)
+        self.waiting = 0  # workers waiting at the gate and not yet let in
+        self.open = False  # everyone may send (the resolver is given up, or the work is done)
+
+    async def enter(self) -> None:
+        if not self.open:
+            self.waiting += 1
+            await self.gate.acquire()
+
+    def answered(self) -> None:
+        """One answer: one more worker in."""
+        if self.waiting:
+            self.waiting -= 1
+            self.gate.release()
+
+    def open_all(self) -> None:
+        if not self.open:
+            self.open = True
+            for _ in range(self.waiting):
+                self.gate.release()
+            self.waiting = 0
 
 
 SLOW_START = 8
@@ -385,7 +412,7 @@ class Engine:
 
         async def worker(n: int) -> None:
             if n >= SLOW_START and unsendable is None:
-                await lane.settled.wait()
+                await lane.enter()
             for i, (zone, probe, tmpl) in work:
                 if unsendable is not None:
                     obs = unsent(probe, *unsendable)
@@ -397,10 +424,11 @@ class Engine:
                         lane.consecutive_timeouts += 1
                         lane.dead = lane.consecutive_timeouts >= cfg.dead_after
                         if lane.dead:
-                            lane.settled.set()
+                            lane.open_all()
                     else:
                         lane.consecutive_timeouts = 0
-                        lane.settled.set()
+                        if lane.waiting:
+                            lane.answered()
                 cls = apex_check(classify(obs), obs, zone.name)
                 evidence = diag = None
                 if cls.needs_diagnosis and cfg.diagnose:
@@ -423,7 +451,7 @@ class Engine:
                 # A first worker done (the checks ran out, or it failed): nothing is left to
                 # wait for, the others must not wait for ever.
                 if n < SLOW_START:
-                    lane.settled.set()
+                    lane.open_all()
 
         await asyncio.gather(*(run(n) for n in range(min(workers, len(checks)))))
         return [x for x in results if x is not None]

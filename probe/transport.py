@@ -39,6 +39,9 @@ _MAX_DRAIN = 256
 POOL_SIZE = 4
 ROTATE_QUERIES = 100
 ROTATE_SECONDS = 60.0
+# Datagrams sent to one server per turn of the loop (Outbox): a burst must fit the server's
+# receive buffer (Linux default ~208 KB, ~1 KB per small datagram), or it drops queries.
+_BURST = 32
 _MAX_IN_FLIGHT = 60000  # IDs are unique per channel: leave room to draw a free one
 
 
@@ -116,11 +119,11 @@ class Outbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._queue: list[tuple[UdpChannel, _Socket, int, bytes]] = []
+        self._queue: list[tuple[UdpChannel, _Pending, int, bytes]] = []
         self._scheduled = False
 
-    def put(self, ch: UdpChannel, s: _Socket, qid: int, wire: bytes) -> None:
-        self._queue.append((ch, s, qid, wire))
+    def put(self, ch: UdpChannel, p: _Pending, qid: int, wire: bytes) -> None:
+        self._queue.append((ch, p, qid, wire))
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
@@ -128,18 +131,32 @@ class Outbox:
     def flush(self) -> None:
         queue, self._queue = self._queue, []
         self._scheduled = False
-        sent = time.perf_counter()  # loop.time() is only millisecond-grained under uvloop
-        for ch, s, qid, wire in queue:
-            p = ch._pending.get(qid)
-            if p is None or p.sock is not s:
-                continue  # failed or closed meanwhile
-            p.sent = sent
+        burst: dict[UdpChannel, int] = {}
+        later: list[tuple[UdpChannel, _Pending, int, bytes]] = []
+        perf_counter = time.perf_counter
+        for item in queue:
+            ch, p, qid, wire = item
+            if ch._pending.get(qid) is not p:
+                continue  # failed, expired or closed meanwhile (its ID may be reused since)
+            n = burst.get(ch, 0)
+            if n >= _BURST:
+                later.append(item)  # next turn: the server drains its socket meanwhile
+                continue
+            burst[ch] = n + 1
+            # Each its own: the RTT must not include the sends before it in the burst.
+            # (loop.time() is only millisecond-grained under uvloop.)
+            p.sent = perf_counter()
             try:
-                s.sock.send(wire)
+                p.sock.sock.send(wire)
             except BlockingIOError:
                 pass  # like a lost datagram: the timeout and the caller's retry deal with it
             except OSError as exc:
                 ch._send_failed(qid, p, _translate(exc, "send"))
+        if later:
+            self._queue[:0] = later  # before anything queued meanwhile: order kept
+            if not self._scheduled:
+                self._scheduled = True
+                self._loop.call_soon(self.flush)
 
 
 class UdpChannel:
@@ -266,9 +283,10 @@ class UdpChannel:
         qid = ids.next()
         while qid in pending:  # unique across the channel's sockets
             qid = ids.next()
-        # Sent at the end of this turn of the loop, with the others queued in it (Outbox).
-        self._outbox.put(self, s, qid, tmpl.with_id(qid))
-        pending[qid] = _Pending(fut, tmpl, 0.0, now + self.timeout, s)
+        # Sent at the end of this turn of the loop, with the others queued in it (Outbox);
+        # sent=0.0 until then: no reply can be for it before.
+        p = pending[qid] = _Pending(fut, tmpl, 0.0, now + self.timeout, s)
+        self._outbox.put(self, p, qid, tmpl.with_id(qid))
         s.inflight += 1
         s.sent += 1
         if s.sent >= self._rotate_queries:
@@ -307,8 +325,8 @@ class UdpChannel:
                 continue
             qid = (data[0] << 8) | data[1]
             p = pending.get(qid)
-            if p is None or p.sock is not s:
-                self.stray += 1
+            if p is None or p.sock is not s or not p.sent:
+                self.stray += 1  # not pending there, or not even sent yet (a late reply)
                 continue
             if not data[2] & 0x80 or not p.tmpl.matches_question(data):
                 self.mismatched += 1

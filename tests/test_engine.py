@@ -231,3 +231,31 @@ async def test_a_cancelled_stream_still_passes_on_held_rows_once() -> None:
     names = [r.zone.name for r in got]
     assert len(names) == len(set(names)) == 9  # 2-9 and 20
     assert {r.classification.reason for r in got} == {"no-ad"}
+
+
+async def test_each_answer_lets_one_more_waiting_worker_send() -> None:
+    """The slow start ramps: workers beyond the first wait at the lane's gate, one answer lets
+    exactly one in (the window doubles per round trip), and giving up or finishing lets all in."""
+    import asyncio
+
+    from probe.engine import _Lane
+
+    lane = _Lane()
+    entered: list[int] = []
+
+    async def worker(n: int) -> None:
+        await lane.enter()
+        entered.append(n)
+    tasks = [asyncio.create_task(worker(n)) for n in range(20)]
+    await asyncio.sleep(0)
+    assert entered == [] and lane.waiting == 20
+    for _ in range(3):
+        lane.answered()
+    await asyncio.sleep(0)
+    assert len(entered) == 3 and lane.waiting == 17
+    lane.open_all()
+    await asyncio.gather(*tasks)
+    assert sorted(entered) == list(range(20)) and lane.waiting == 0
+    await lane.enter()  # once open, nobody waits
+    lane.answered()  # and answers are no-ops
+    assert lane.waiting == 0

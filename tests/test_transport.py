@@ -7,6 +7,7 @@ import collections
 import errno
 import os
 import random
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -751,3 +752,34 @@ async def test_a_send_that_fails_at_the_end_of_the_turn_fails_its_query(
         assert failed and all(isinstance(e, PortUnreachable) for e in failed)
     finally:
         ch.close()
+
+
+async def test_a_reply_before_its_query_left_is_stray_not_an_answer() -> None:
+    """Queued in the Outbox, the query has not been sent: a datagram with its ID (a late reply
+    to an earlier attempt that drew the same ID) is not its answer, and no RTT is made up."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((HOST, 0))
+    server.settimeout(3.0)
+    ch = UdpChannel(HOST, server.getsockname()[1], timeout=2.0,
+                    loop=asyncio.get_running_loop(), pool_size=1)
+    try:
+        tmpl = make_template(QNAME, "PTR")
+        fut = ch.send(tmpl)
+        (qid,) = list(ch._pending)
+        early = dns.message.from_wire(tmpl.with_id(qid))
+        s = ch._pool[0]
+        server.sendto(make_reply(early, answer=default_answer(early)), s.sock.getsockname())
+        # Waited for without yielding to the loop: this turn's flush has not run yet.
+        assert select.select([s.sock], [], [], 2.0)[0]
+        ch._on_readable(s)
+        assert not fut.done() and ch.stray == 1
+        await asyncio.sleep(0)  # the flush
+        data, peer = server.recvfrom(512)  # the query itself
+        q = dns.message.from_wire(data)
+        server.sendto(make_reply(q, answer=default_answer(q)), peer)
+        raw = await asyncio.wait_for(fut, 3)
+        assert 0 <= raw.rtt < 1.0
+    finally:
+        ch.close()
+        server.close()
+
