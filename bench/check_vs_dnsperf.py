@@ -19,14 +19,11 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine_vs_dnsperf import BENCH_ZONE, run_dnsperf
-
-from probe.zones import ProbeName
+from engine_vs_dnsperf import BENCH_ZONE, bench_lab, run_dnsperf
 
 TARGET_RATIO = 0.40  # of dnsperf's rate, marginal (start-up apart)
 TARGET_CPU_US = 25.0  # CPU per check, marginal, whole process
@@ -72,21 +69,15 @@ def main() -> int:
     if not 1 <= args.names <= 5000 or not 1 <= args.addresses <= 100:
         ap.error("1-5000 names, 1-100 addresses")
 
-    from dnslab import Lab  # the test lab (PYTHONPATH=tests)
-
-    work = Path(tempfile.mkdtemp(prefix="dnssec-probe-bench-check-"))
-    aliases = [f"127.53.2.{i}" for i in range(1, args.addresses)]
-    lab = Lab(work / "lab", resolvers=("unbound",), unbound_aliases=aliases)
-    lab.start()
-    try:
-        host = lab.resolvers[0].host
-        names = [ProbeName(q.lower(), t) for q, t in lab.zones[BENCH_ZONE].probe_names][: args.names]
+    with bench_lab("dnssec-probe-bench-check-", args.addresses, args.names) as (
+            work, addrs, names):
+        host = addrs[0]
         big = work / "zones.txt"
         big.write_text(BENCH_ZONE + " " + " ".join(p.qname for p in names) + "\n")
         one = work / "one.txt"
         one.write_text(f"{BENCH_ZONE} {names[0].qname}\n")
         resolvers = work / "resolvers.txt"
-        resolvers.write_text("".join(f"r{i} {a}\n" for i, a in enumerate([host, *aliases])))
+        resolvers.write_text("".join(f"r{i} {a}\n" for i, a in enumerate(addrs)))
         one_resolver = work / "one-resolver.txt"
         one_resolver.write_text(f"r0 {host}\n")
         run_dnsperf(host, 53, names, 1.0)  # warm the cache
@@ -98,8 +89,6 @@ def main() -> int:
             starts.append(run_check(one, one_resolver, [], work / "one.json"))
             runs.append(run_check(big, resolvers, [], work / "big.json"))
         json.loads((work / "big.json").read_text())  # the last document is valid JSON
-    finally:
-        lab.stop()
 
     start = min(starts, key=lambda r: r.cpu_s)
     print(f"check --json: {args.names} names x {args.addresses} address(es) = {runs[0].checks} "

@@ -16,14 +16,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine_vs_dnsperf import BENCH_ZONE, run_dnsperf
-
-from probe.zones import ProbeName
+from engine_vs_dnsperf import BENCH_ZONE, bench_lab, run_dnsperf
 
 
 @dataclass
@@ -78,17 +75,10 @@ def main() -> int:
     if not 1 <= args.resolvers <= 250 or not 1 <= args.names <= 5000 or args.rounds < 2:
         ap.error("1-250 resolvers, 1-5000 names, at least 2 rounds")
 
-    from dnslab import Lab  # the test lab (PYTHONPATH=tests)
-
-    work = Path(tempfile.mkdtemp(prefix="dnssec-probe-bench-round-"))
-    aliases = [f"127.53.2.{i}" for i in range(1, args.resolvers)]
-    lab = Lab(work / "lab", resolvers=("unbound",), unbound_aliases=aliases)
-    lab.start()
-    try:
-        main_addr = lab.resolvers[0].host
-        names = [ProbeName(q.lower(), t) for q, t in lab.zones[BENCH_ZONE].probe_names][: args.names]
+    with bench_lab("dnssec-probe-bench-round-", args.resolvers, args.names) as (
+            work, addrs, names):
+        main_addr = addrs[0]
         (work / "zones.txt").write_text(BENCH_ZONE + " " + " ".join(p.qname for p in names) + "\n")
-        addrs = [main_addr, *aliases]
         (work / "resolvers.txt").write_text("".join(f"r{i} {a}\n" for i, a in enumerate(addrs)))
         config = work / "bench.toml"
         config.write_text(
@@ -101,8 +91,6 @@ def main() -> int:
         dnsperf = run_dnsperf(main_addr, 53, names, args.seconds)
         one = run_daemon(work, config, 1)
         many = run_daemon(work, config, args.rounds)
-    finally:
-        lab.stop()
 
     checks = args.resolvers * args.names
     marginal_cpu = (many.cpu_s - one.cpu_s) / (args.rounds - 1)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,6 +45,26 @@ class Rate:
     @property
     def cpu_us(self) -> float:
         return self.cpu / self.checks * 1e6
+
+
+@contextlib.contextmanager
+def bench_lab(prefix: str, addresses: int = 1,
+              names: int | None = None) -> Iterator[tuple[Path, list[str], list[ProbeName]]]:
+    """The test lab's Unbound listening on `addresses` loopback addresses (the lab's own first,
+    then 127.53.2.x aliases sharing its cache), started for the `with` block and stopped after;
+    yields a fresh work directory, the addresses and the bench zone's first `names` probe names
+    (PYTHONPATH=tests)."""
+    from dnslab import Lab  # the test lab
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    aliases = [f"127.53.2.{i}" for i in range(1, addresses)]
+    lab = Lab(work / "lab", resolvers=("unbound",), unbound_aliases=aliases)
+    lab.start()
+    try:
+        probes = [ProbeName(q.lower(), t) for q, t in lab.zones[BENCH_ZONE].probe_names]
+        yield work, [lab.resolvers[0].host, *aliases], probes[:names]
+    finally:
+        lab.stop()
 
 
 def run_dnsperf(host: str, port: int, names: list[ProbeName], seconds: float) -> float:
@@ -85,25 +107,19 @@ def main() -> int:
     ap.add_argument("--no-uvloop", action="store_true")
     args = ap.parse_args()
 
-    lab = None
-    if args.resolver:
-        host, port = parse_hostport(args.resolver)
-        if not args.names:
-            ap.error("--resolver needs --names")
-    else:
-        from dnslab import Lab  # the test lab (PYTHONPATH=tests)
-
-        lab = Lab(Path(tempfile.mkdtemp(prefix="dnssec-probe-bench-")), resolvers=("unbound",))
-        lab.start()
-        r = lab.resolvers[0]
-        host, port = r.host, r.port
-    try:
+    with contextlib.ExitStack() as stack:
+        if args.resolver:
+            host, port = parse_hostport(args.resolver)
+            if not args.names:
+                ap.error("--resolver needs --names")
+        else:
+            _, addrs, lab_names = stack.enter_context(bench_lab("dnssec-probe-bench-"))
+            host, port = addrs[0], 53
         if args.names:
             names = [ProbeName(*line.split()[:2]) for line in Path(args.names).read_text().splitlines()
                      if line.strip() and not line.startswith("#")]
         else:
-            assert lab is not None
-            names = [ProbeName(q.lower(), t) for q, t in lab.zones[BENCH_ZONE].probe_names]
+            names = lab_names
         # Each sweep asks every name several times over so start-up and tail of a sweep are
         # small next to its steady state (a daemon sweeps zones x resolvers in one go too).
         zone = ZoneSpec(BENCH_ZONE, tuple(names) * max(1, 10000 // len(names)))
@@ -124,9 +140,6 @@ def main() -> int:
         triage = asyncio.run(run_engine("engine (header triage)", cfg, zone, resolver, args.seconds))
         full = asyncio.run(run_engine("engine (full parse)", replace(cfg, full_parse=True), zone,
                                       resolver, args.seconds))
-    finally:
-        if lab is not None:
-            lab.stop()
 
     print(f"resolver {host}:{port}, {len(names)} names, {args.seconds:g} s per run, "
           f"python {sys.version.split()[0]}")

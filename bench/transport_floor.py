@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from engine_vs_dnsperf import BENCH_ZONE, run_dnsperf
+from engine_vs_dnsperf import BENCH_ZONE, bench_lab, run_dnsperf
 
 from probe.cli import tune_gc
 from probe.engine import Engine, EngineConfig
@@ -85,8 +83,6 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="each dnsperf run")
     args = ap.parse_args()
 
-    from dnslab import Lab  # the test lab (PYTHONPATH=tests)
-
     try:
         import uvloop  # as the command runs when installed with [fast]
 
@@ -94,19 +90,14 @@ def main() -> int:
     except ImportError:
         pass
     tune_gc()  # as the installed command does (probe.cli.entry)
-    lab = Lab(Path(tempfile.mkdtemp(prefix="dnssec-probe-bench-floor-")), resolvers=("unbound",))
-    lab.start()
-    try:
-        host = lab.resolvers[0].host
-        names = [ProbeName(q.lower(), t) for q, t in lab.zones[BENCH_ZONE].probe_names][: args.names]
+    with bench_lab("dnssec-probe-bench-floor-", names=args.names) as (_, addrs, names):
+        host = addrs[0]
         run_dnsperf(host, 53, names, 1.0)  # warm the cache
         rows = []
         for layer, fn in (("transport", transport_only), ("engine", engine_only)):
             perf = run_dnsperf(host, 53, names, args.seconds)
             wall, cpu, n = asyncio.run(fn(host, names, args.rounds, args.workers))
             rows.append((layer, perf, n / wall, cpu / n * 1e6, n))
-    finally:
-        lab.stop()
     print(f"{args.names} names x {args.rounds} passes, {args.workers} in flight, python "
           f"{sys.version.split()[0]}, in-process (start-up apart)")
     for layer, perf, rate, cpu_us, n in rows:

@@ -427,8 +427,7 @@ class Engine:
                             lane.open_all()
                     else:
                         lane.consecutive_timeouts = 0
-                        if lane.waiting:
-                            lane.answered()
+                        lane.answered()
                 cls = apex_check(classify(obs), obs, zone.name)
                 evidence = diag = None
                 if cls.needs_diagnosis and cfg.diagnose:
